@@ -1,0 +1,1 @@
+"""Experiments: the units the runner executes (latent_stats, stage1, stage2, sample, eval, ...)."""

@@ -1,0 +1,221 @@
+"""The one runner: parse gin, build the bound experiment, hand it a context and a tracker, run it.
+
+Exit codes: 0 done; 2 configuration error (one paragraph, no traceback); 1 failure while running.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util  # gin needs it imported before a missing include is reported
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gin
+import torch
+
+from rae import plugins
+from rae.accelerator import make_accelerator
+from rae.config_errors import ConfigError, raise_as_config_error
+from rae.experiments.base import Experiment, RunContext, count_parameters, seed_everything
+from rae.registry import REGISTRIES
+from rae.run_dir import RunFolder, open_run_folder
+from rae.run_params import run_params
+from rae.tracking.aim_tracker import AimTracker
+from rae.tracking.tracker import Tracker
+from rae.weights import WeightsNotFound
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("rae")
+
+
+@dataclass
+class RunSpec:
+    """What the root gin configurable `run` binds: the experiment and how to run it."""
+
+    experiment: Experiment
+    name: str | None
+    seed: int
+    precision: str
+    device: str | None
+    tracker: Callable[..., Tracker] | None
+    run_root: str
+    allow_random_weights: bool
+
+
+@gin.configurable("run")
+def run_spec(
+    experiment: Experiment = gin.REQUIRED,
+    name: str | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+    device: str | None = None,
+    tracker: Callable[..., Tracker] | None = None,
+    run_root: str = "runs",
+    allow_random_weights: bool = False,
+) -> RunSpec:
+    """The root of every config: ``run.experiment = @experiment.latent_stats()`` and friends.
+
+    ``tracker`` is a factory (``@tracker.aim``, no call); by default an Aim repo in ``run_root``.
+    """
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(
+            f"run.experiment must be an experiment (e.g. @experiment.latent_stats()), got {experiment!r}"
+        )
+    return RunSpec(experiment, name, seed, precision, device, tracker, run_root, allow_random_weights)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tools/run.py",
+        description="Run an rae experiment described by gin files.",
+    )
+    p.add_argument("--gin", action="append", default=[], metavar="FILE",
+                   help="gin file (repeatable); includes also search the repo's gin/ folder")
+    p.add_argument("--gin_param", action="append", default=[], metavar="BINDING",
+                   help="extra binding, e.g. 'run.seed = 1' (repeatable)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="module that registers third-party plugins (repeatable)")
+    p.add_argument("--list", nargs="?", const="all", default=None, metavar="KIND",
+                   help="list registered plugins (of one kind) with their parameters, then exit")
+    p.add_argument("--dry_run", action="store_true",
+                   help="build everything, print the config, parameter counts and latent shape; run nothing")
+    p.add_argument("--new_run", action="store_true",
+                   help="start a new run folder even if an unfinished one with this config exists")
+    return p.parse_args(argv)
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Built-in plugins first, then the user's modules (which register themselves on import)."""
+    plugins.import_builtin()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"--import {name}: cannot import the module ({exc})") from exc
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parse files one by one (so every error names its file), then the bindings; finalize."""
+    gin.clear_config(clear_constants=True)
+    for folder in (REPO_ROOT / "gin", REPO_ROOT, Path.cwd()):
+        gin.add_config_file_search_path(str(folder))
+    for path in files:
+        if not Path(path).is_file():
+            raise ConfigError(f"--gin {path}: no such file")
+        try:
+            gin.parse_config_file(path)
+        except Exception as exc:
+            raise_as_config_error(exc, source=path)
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as exc:
+            raise_as_config_error(exc, source=f"--gin_param {binding!r}")
+    gin.finalize()
+
+
+def build_spec(source: str) -> RunSpec:
+    """Call the root configurable; gin errors during construction become config errors."""
+    try:
+        return run_spec()
+    except Exception as exc:
+        raise_as_config_error(exc, source=source)
+        raise
+
+
+def list_plugins(kind: str) -> str:
+    kinds = list(REGISTRIES) if kind == "all" else [kind]
+    lines = []
+    for k in kinds:
+        if k not in REGISTRIES:
+            raise ConfigError(f"--list {kind}: no such kind (kinds: {', '.join(REGISTRIES)})")
+        lines.append(f"[{k}]")
+        for name, _ in REGISTRIES[k]:
+            params = ", ".join(f"{p}={d}" for p, d in REGISTRIES[k].describe(name))
+            lines.append(f"  @{k}.{name}({params})")
+    return "\n".join(lines)
+
+
+def describe(spec: RunSpec) -> str:
+    """The dry-run report: operative config, every model's parameter count, the latent shape."""
+    lines = ["# operative config", gin.operative_config_str(), "# models"]
+    for name, model in spec.experiment.models().items():
+        lines.append(f"{name}: {type(model).__name__}, {count_parameters(model) / 1e6:.1f}M parameters "
+                     f"({count_parameters(model):,})")
+    shape = spec.experiment.latent_shape()
+    lines.append(f"latent shape: {tuple(shape) if shape else 'none'}")
+    return "\n".join(lines)
+
+
+def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str, Any]:
+    """Run an experiment in its folder under a tracker; the tracker is closed as failed on error."""
+    accelerator = make_accelerator(spec.device, spec.precision)
+    tracker: Tracker = Tracker()
+    if accelerator.is_main:
+        make_tracker = spec.tracker or partial(AimTracker, repo=spec.run_root)
+        tracker = make_tracker(name=folder.run_name, experiment=experiment_name, run_hash=folder.tracker_hash())
+        folder.remember_tracker(tracker)
+    error: BaseException | None = None
+    try:
+        tracker.add_tags(spec.experiment.tags())
+        tracker.log_params(run_params(accelerator))
+        tracker.log_text("config", gin.config_str())
+        seed_everything(spec.seed, accelerator.rank)
+        ctx = RunContext(accelerator, tracker, folder.path, spec.seed, spec.allow_random_weights, log)
+        spec.experiment.load_weights(spec.allow_random_weights, log)
+        summary = spec.experiment.run(ctx)
+        folder.write_text("operative_config.gin", gin.operative_config_str())
+        tracker.log_text("operative_config", gin.operative_config_str())
+        folder.mark_done()
+        return summary
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        tracker.close(error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        import_plugins(args.imports)
+        if args.list:
+            print(list_plugins(args.list))
+            return 0
+        if not args.gin:
+            raise ConfigError("no experiment given: pass --gin experiments/<name>.gin")
+        parse_gin(args.gin, args.gin_param)
+        source = ", ".join(args.gin)
+        with torch.device("meta") if args.dry_run else contextlib.nullcontext():
+            spec = build_spec(source)
+        if args.dry_run:
+            print(describe(spec))
+            return 0
+    except (ConfigError, WeightsNotFound) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    stem = Path(args.gin[-1]).stem
+    folder = open_run_folder(spec.run_root, spec.name or stem, gin.config_str(), new=args.new_run)
+    start = time.time()
+    try:
+        summary = execute(spec, folder, experiment_name=stem)
+    except WeightsNotFound as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"run failed after {time.time() - start:.0f}s; run folder: {folder.path}", file=sys.stderr)
+        return 1
+    print(f"done in {time.time() - start:.0f}s; run folder: {folder.path}")
+    for key, value in (summary or {}).items():
+        print(f"  {key}: {value}")
+    return 0

@@ -1,0 +1,1 @@
+"""Where a run's parameters, metrics and images go."""
