@@ -1,0 +1,1 @@
+"""Shared training machinery: checkpoints, EMA, optimisers and schedules, gradient accumulation."""

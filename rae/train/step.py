@@ -1,0 +1,91 @@
+"""One optimiser step over a global batch, split into micro-batches, exactly as one large batch.
+
+Each micro-batch's mean loss is weighted by its share of the global batch before backward, and
+gradients are zeroed once per step, not per micro-batch (the reference stage-1 code zeroes them
+on every micro-batch, which silently trains on the last micro-batch only).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from rae.accelerator import Accelerator
+
+MicroBatch = tuple[torch.Tensor, ...]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or Inf; training stops so the last good checkpoint stays the latest."""
+
+
+def split_batch(batch: Sequence[torch.Tensor], micro_batch_size: int | None) -> list[MicroBatch]:
+    """Split tensors that share a leading batch dimension into micro-batches."""
+    size = batch[0].shape[0]
+    if micro_batch_size is None or micro_batch_size >= size:
+        return [tuple(batch)]
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
+    return [tuple(t[i : i + micro_batch_size] for t in batch) for i in range(0, size, micro_batch_size)]
+
+
+def accumulate_gradients(
+    loss_fn: Callable[[MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    micro_batches: list[MicroBatch],
+    accelerator: Accelerator,
+    ddp_module: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, torch.Tensor]:
+    """Backward every micro-batch's loss weighted by its share; return share-weighted metrics.
+
+    ``loss_fn`` returns the micro-batch's mean loss and detached metrics. Metrics stay on the
+    device (no host sync); DDP gradient all-reduce happens on the last micro-batch only.
+    """
+    total = sum(mb[0].shape[0] for mb in micro_batches)
+    metrics: dict[str, torch.Tensor] = {}
+    for i, mb in enumerate(micro_batches):
+        share = mb[0].shape[0] / total
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if (ddp_module is None or last) else ddp_module.no_sync()
+        with sync:
+            with accelerator.autocast():
+                loss, parts = loss_fn(mb)
+            weighted = loss.float() * share
+            (scaler.scale(weighted) if scaler is not None else weighted).backward()
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            metrics[key] = metrics.get(key, 0.0) + value.detach().float() * share
+    return metrics
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: Iterable[nn.Parameter],
+    clip_grad: float | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """Unscale, clip (if ``clip_grad``), step, zero grads; return the pre-clip gradient norm."""
+    params = [p for p in params if p.grad is not None]
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    max_norm = clip_grad if clip_grad else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def check_finite(metrics: dict[str, float], step: int) -> None:
+    """Stop on a NaN/Inf loss with a message naming the step (checked where metrics are synced)."""
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLoss(
+            f"non-finite values at step {step}: {bad}; stopping (the last checkpoint is kept as the latest). "
+            "Lower the learning rate, use fp32 or bf16 instead of fp16, or enable gradient clipping."
+        )
