@@ -6,7 +6,16 @@ import importlib
 BUILTIN_PACKAGES = (
     "rae.tracking.aim_tracker",
     "rae.encoders",
+    "rae.decoders",
+    "rae.autoencoder",
+    "rae.losses",
     "rae.data",
+    "rae.backbones",
+    "rae.transport",
+    "rae.repa",
+    "rae.vae",
+    "rae.sampling",
+    "rae.metrics",
     "rae.experiments",
 )
 

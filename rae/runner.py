@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import importlib.util  # gin needs it imported before a missing include is reported
 import logging
+import re
 import sys
 import time
 import traceback
@@ -32,6 +33,7 @@ from rae.tracking.tracker import Tracker
 from rae.weights import WeightsNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_REQUIRED = re.compile(r"^(\S+) set to `%gin.REQUIRED` but not subsequently overridden")
 log = logging.getLogger("rae")
 
 
@@ -94,6 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def import_plugins(modules: Sequence[str]) -> None:
     """Built-in plugins first, then the user's modules (which register themselves on import)."""
     plugins.import_builtin()
+    if modules and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a user's module next to where they run the runner
     for name in modules:
         try:
             importlib.import_module(name)
@@ -101,8 +105,11 @@ def import_plugins(modules: Sequence[str]) -> None:
             raise ConfigError(f"--import {name}: cannot import the module ({exc})") from exc
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parse files one by one (so every error names its file), then the bindings; finalize."""
+def parse_gin(files: Sequence[str], bindings: Sequence[str], fill_required: bool = False) -> list[str]:
+    """Parse files one by one (so every error names its file), then the bindings; finalize.
+
+    Returns the required keys left unset, which only a dry run (``fill_required``) tolerates.
+    """
     gin.clear_config(clear_constants=True)
     for folder in (REPO_ROOT / "gin", REPO_ROOT, Path.cwd()):
         gin.add_config_file_search_path(str(folder))
@@ -118,7 +125,28 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
             gin.parse_config(binding)
         except Exception as exc:
             raise_as_config_error(exc, source=f"--gin_param {binding!r}")
-    gin.finalize()
+    return _finalize(source=", ".join(files), fill_required=fill_required)
+
+
+def _finalize(source: str, fill_required: bool) -> list[str]:
+    """Lock the config; a dry run fills ``%gin.REQUIRED`` values with placeholders and lists them."""
+    unset: list[str] = []
+    while True:
+        try:
+            gin.finalize()
+            return unset
+        except ValueError as exc:
+            missing = _REQUIRED.search(str(exc))
+            if not missing:
+                raise_as_config_error(exc, source=source)
+            key = missing.group(1)
+            if not fill_required:
+                raise ConfigError(
+                    f"in {source}: `{key}` is required (bound to %gin.REQUIRED); "
+                    f"set it, e.g. --gin_param '{key} = ...'"
+                ) from exc
+            gin.bind_parameter(key, f"<required: {key}>")
+            unset.append(key)
 
 
 def build_spec(source: str) -> RunSpec:
@@ -192,12 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not args.gin:
             raise ConfigError("no experiment given: pass --gin experiments/<name>.gin")
-        parse_gin(args.gin, args.gin_param)
+        unset = parse_gin(args.gin, args.gin_param, fill_required=args.dry_run)
         source = ", ".join(args.gin)
         with torch.device("meta") if args.dry_run else contextlib.nullcontext():
             spec = build_spec(source)
         if args.dry_run:
             print(describe(spec))
+            if unset:
+                print("required values not set (a real run needs them): " + ", ".join(unset))
             return 0
     except (ConfigError, WeightsNotFound) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Sampling time grids: t = 1 is noise, t = 0 is data; the grid runs from noise to data.
 
-RAE warps a uniform grid by the resolution-dependent shift s (RAE paper, Sec. 4):
+RAE warps a uniform grid by the dimension-dependent shift s (``rae.transport.shift``):
 t -> s t / (1 + (s - 1) t), which spends more steps near the noise end when s > 1.
 """
 from __future__ import annotations
@@ -10,27 +10,14 @@ from typing import Sequence
 
 import torch
 
-SHIFT_BASE_DIM = 4096
-"""The reference dimension of the shift rule s = sqrt(latent_dim / 4096) (RAE's 'time_dist_shift_base')."""
-
-
-def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """Warp times in [0, 1] by s t / (1 + (s - 1) t); s = 1 is the identity, 0 and 1 stay fixed."""
-    if shift <= 0:
-        raise ValueError(f"the time shift must be positive, got {shift}")
-    return shift * t / (1 + (shift - 1) * t)
-
-
-def dimension_shift(latent_shape: Sequence[int], base_dim: int = SHIFT_BASE_DIM) -> float:
-    """RAE's shift for a latent of this shape: sqrt(C*h*w / base_dim), sqrt(48) for 768x16x16."""
-    return math.sqrt(math.prod(latent_shape) / base_dim)
+from rae.transport.shift import dimension_shift, shift_time
 
 
 def resolve_shift(shift: float | str, latent_shape: Sequence[int]) -> float:
-    """A number as it is, or ``"auto"``: the dimension-dependent shift of ``latent_shape`` (C, h, w)."""
+    """A number as it is, or ``"auto"``: sqrt(C*h*w / 4096) for latents of shape (C, h, w)."""
     if shift == "auto":
-        return dimension_shift(latent_shape)
-    if isinstance(shift, str):
+        return dimension_shift(math.prod(latent_shape))
+    if isinstance(shift, str) or shift <= 0:
         raise ValueError(f"shift must be a positive number or 'auto', got {shift!r}")
     return float(shift)
 

@@ -1,0 +1,127 @@
+"""The backbone interface: the stage-2 network f(x_t, t, y) -> prediction with the shape of x_t.
+
+Every backbone is class-conditional with a null label (``null_label == num_classes``) for
+guidance, and can hand out its intermediate tokens for REPA:
+``forward(x, t, y, return_tokens_at=k)`` returns ``(out, tokens)``, where ``tokens`` (B, N,
+``token_width(k)``) are the hidden tokens after the first ``k`` transformer blocks (k counts
+from 1, as REPA's ``encoder_depth``), so a projector is built as ``MLP(token_width(k), ...)``.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from rae.nn.block import AdaLNBlock
+from rae.nn.label import LabelEmbedder
+from rae.nn.position import sincos_2d_position_embedding
+from rae.nn.rope import RotaryEmbedding2D
+
+BackboneOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Base of the stage-2 networks; subclasses set the attributes below and implement ``forward``."""
+
+    in_channels: int
+    input_size: int
+    patch_size: int
+    y_embedder: LabelEmbedder
+
+    def __init__(self, in_channels: int, input_size: int, patch_size: int) -> None:
+        super().__init__()
+        if input_size % patch_size != 0:
+            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self.patch_size = patch_size
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side of the square token grid."""
+        return self.input_size // self.patch_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the x this backbone takes and returns."""
+        return self.in_channels, self.input_size, self.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.y_embedder.num_classes
+
+    @property
+    def null_label(self) -> int:
+        """The label of the unconditional model (classifier-free guidance)."""
+        return self.y_embedder.null_label
+
+    @property
+    @abc.abstractmethod
+    def num_blocks(self) -> int:
+        """Transformer blocks in order of computation (valid ``return_tokens_at`` are 1..num_blocks)."""
+
+    @abc.abstractmethod
+    def token_width(self, block: int) -> int:
+        """Channels of the tokens after block ``block`` (1-based)."""
+
+    @abc.abstractmethod
+    def initialize_weights(self) -> None:
+        """Initialise every weight in place; does nothing on the meta device."""
+
+    @abc.abstractmethod
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None
+    ) -> BackboneOutput:
+        """x (B, C, H, W), t (B,) in [0, 1] (1 = noise), y (B,) labels -> same shape as x [, tokens]."""
+
+    def check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor, return_tokens_at: int | None
+    ) -> torch.Tensor:
+        """Validate shapes before any work; returns t as a (B,) tensor (a scalar t is broadcast)."""
+        name = type(self).__name__
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.latent_shape:
+            c, h, w = self.latent_shape
+            raise ValueError(f"{name} expects x of shape (B, {c}, {h}, {w}), got {tuple(x.shape)}")
+        batch = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"{name} expects t of shape ({batch},) or a scalar, got {tuple(t.shape)}")
+        if tuple(y.shape) != (batch,):
+            raise ValueError(f"{name} expects labels y of shape ({batch},), got {tuple(y.shape)}")
+        if return_tokens_at is not None and not 1 <= return_tokens_at <= self.num_blocks:
+            raise ValueError(
+                f"{name}: return_tokens_at={return_tokens_at} is outside its blocks 1..{self.num_blocks}"
+            )
+        return t
+
+    def reset_position_embedding(self, pos_embed: nn.Parameter | None) -> None:
+        """Fill a frozen (1, N, dim) position embedding with the 2-D sin-cos one."""
+        if pos_embed is not None and not pos_embed.is_meta:
+            with torch.no_grad():
+                pos_embed.copy_(sincos_2d_position_embedding(pos_embed.shape[-1], self.grid_size)[None])
+
+
+def frozen_position_embedding(num_tokens: int, dim: int) -> nn.Parameter:
+    """A (1, N, dim) parameter without gradient (as released: counted and saved, never trained)."""
+    return nn.Parameter(torch.zeros(1, num_tokens, dim), requires_grad=False)
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    rope: RotaryEmbedding2D | None,
+    tokens_at: int | None,
+    first: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply ``blocks`` (numbered from ``first``); also return x after block ``tokens_at`` if it is one of them."""
+    tokens = None
+    block: AdaLNBlock
+    for number, block in enumerate(blocks, start=first):
+        x = block(x, c, rope=rope)
+        if number == tokens_at:
+            tokens = x
+    return x, tokens

@@ -1,0 +1,102 @@
+"""An ImageNet-style folder tree (``root/<class>/<image>``) with ADM's center crop."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rae.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# What PIL raises on unreadable files: OSError (truncated, unidentified), SyntaxError (broken
+# PNG chunks), ValueError and DecompressionBombError (absurd sizes).
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """ADM's crop (as RAE and REPA): halve with BOX while the short side is >= 2x the target,
+    resize the short side to ``resolution`` (BICUBIC), then take the central square."""
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.Resampling.BICUBIC)
+    left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def find_images(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Sorted class folder names and (path, label) pairs; labels follow the sorted class names."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image_folder: {root} is not a folder; expected an ImageNet-style tree "
+                                "root/<class>/<image>.jpg")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    samples = []
+    for label, name in enumerate(classes):
+        for folder, subfolders, files in os.walk(root / name, followlinks=True):
+            subfolders.sort()
+            samples += [(os.path.join(folder, f), label) for f in sorted(files) if f.lower().endswith(EXTENSIONS)]
+    if not samples:
+        raise ValueError(f"image_folder: no images under {root} (found {len(classes)} class folders); "
+                         f"expected root/<class>/<image> with one of {', '.join(EXTENSIONS)}")
+    return classes, samples
+
+
+@DATASETS.register("image_folder")
+class ImageFolder(torch.utils.data.Dataset):
+    """Class-labelled images from ``root/<class>/...``, center-cropped to ``resolution``.
+
+    An unreadable image is never fatal: it is logged once, marked, and the next readable
+    image stands in for it. ``skipped`` counts the distinct unreadable files found so far,
+    across DataLoader workers (the marks live in shared memory).
+    """
+
+    def __init__(self, root: str, resolution: int = 256, random_flip: bool = False) -> None:
+        if resolution <= 0:
+            raise ValueError(f"image_folder: resolution must be positive, got {resolution}")
+        self.root = Path(root).expanduser()
+        self.resolution = resolution
+        self.random_flip = random_flip
+        self.classes, self.samples = find_images(self.root)
+        self.num_classes = len(self.classes)
+        self._unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct files turned out unreadable (and were replaced by the next one)."""
+        return int(self._unreadable.sum())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        n = len(self.samples)
+        for offset in range(n):
+            i = (index + offset) % n
+            if self._unreadable[i]:
+                continue
+            image = self._load(i)
+            if image is not None:
+                return self._to_tensor(image), self.samples[i][1]
+        raise RuntimeError(f"image_folder: none of the {n} images under {self.root} is readable")
+
+    def _load(self, i: int) -> Image.Image | None:
+        path = self.samples[i][0]
+        try:
+            with Image.open(path) as image:
+                return center_crop(image.convert("RGB"), self.resolution)
+        except _UNREADABLE as exc:
+            self._unreadable[i] = True
+            log.warning("image_folder: skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+            return None
+
+    def _to_tensor(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if self.random_flip and torch.rand(()) < 0.5:
+            pixels = pixels.flip(-1)
+        return pixels.float() / 255.0

@@ -1,0 +1,43 @@
+"""DINOv2 (Oquab et al. 2023), with or without registers (Darcet et al. 2024): RAE's default encoder."""
+from __future__ import annotations
+
+import torch
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_model_type, resolve
+from rae.registry import ENCODERS
+
+VARIANTS = ("small", "base", "large", "giant")
+
+
+@ENCODERS.register("dinov2")
+class DINOv2(TransformersEncoder):
+    """Patch tokens of DINOv2's last layer; the CLS token and the registers are dropped.
+
+    RAE (``Dinov2withNorm``) uses ``facebook/dinov2-with-registers-base`` at 224 px for 256-px
+    images (448 px for 512) and removes the affine of the final layer norm. ``variant`` picks
+    the shipped architecture; a local ``weights`` folder brings its own config.json instead.
+    """
+
+    def __init__(self, variant: str = "base", registers: bool = True, input_size: int = 224,
+                 weights: str | None = PUBLISHED, final_norm_affine: bool = False) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"dinov2: unknown variant '{variant}' (expected one of {', '.join(VARIANTS)})")
+        hub_id = f"facebook/dinov2-{'with-registers-' if registers else ''}{variant}"
+        weights, arch = resolve(weights, hub_id)
+        if registers:
+            check_model_type(arch, "dinov2_with_registers", " (registers=True)")
+            model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig.from_dict(arch.config))
+            prefix = 1 + model.config.num_register_tokens
+        else:
+            check_model_type(arch, "dinov2", " (registers=False)")
+            model = Dinov2Model(Dinov2Config.from_dict(arch.config))
+            prefix = 1
+        super().__init__(model, arch, name="dinov2", hub_id=hub_id,
+                         weights=weights, input_size=input_size, num_prefix_tokens=prefix,
+                         final_norm="layernorm", final_norm_affine=final_norm_affine)
+
+    def hidden(self, pixels: torch.Tensor) -> torch.Tensor:
+        # [CLS, registers..., patches] after the final layer norm; the position embeddings are
+        # interpolated (bicubic, antialiased) from the 37x37 training grid to input_size.
+        return self.model(pixel_values=pixels).last_hidden_state

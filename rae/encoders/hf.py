@@ -1,0 +1,193 @@
+"""Encoders built on transformers models: architecture from a config now, weights later.
+
+Architectures come from ``configs/<hub name>.json``, shipped with the package: each holds the
+released checkpoint's hub id, its published ``config.json`` (``model``; for SigLIP2 the vision
+tower's part) and its image processor's ``image_mean`` / ``image_std``. When ``weights`` is a
+local ``save_pretrained`` folder, that folder's own config.json defines the architecture
+instead. Either way construction never touches the network; ``load_pretrained`` does.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from rae.encoders.base import Encoder
+from rae.weights import missing_weights
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PUBLISHED = "published"
+"""The default ``weights``: the released checkpoint of the chosen variant, by its hub id."""
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A transformers config (as a dict), the pixel normalisation its weights expect, and its file."""
+
+    config: dict[str, Any]
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    origin: str
+
+
+def shipped_architecture(hub_id: str) -> Architecture:
+    """The shipped architecture of a released checkpoint, e.g. ``facebook/dinov2-base``."""
+    path = CONFIG_DIR / f"{hub_id.split('/')[-1]}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise ValueError(f"no shipped architecture for {hub_id} (expected {path}; shipped: {', '.join(known)})")
+    spec = json.loads(path.read_text())
+    return Architecture(spec["model"], tuple(spec["image_mean"]), tuple(spec["image_std"]), str(path))
+
+
+def folder_architecture(folder: Path, fallback: Architecture) -> Architecture:
+    """A save_pretrained folder's config.json, and its preprocessor's mean/std when it has one."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"encoder weights folder {folder} has no config.json; expected a transformers "
+                         "save_pretrained folder (config.json + model.safetensors)")
+    config = json.loads(config_path.read_text())
+    mean, std = fallback.image_mean, fallback.image_std
+    processor_path = folder / "preprocessor_config.json"
+    if processor_path.is_file():
+        processor = json.loads(processor_path.read_text())
+        mean = tuple(processor.get("image_mean", mean))
+        std = tuple(processor.get("image_std", std))
+    return Architecture(config, mean, std, str(config_path))
+
+
+def looks_local(weights: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name``): it exists or cannot be an id."""
+    return (Path(weights).expanduser().exists() or os.path.isabs(weights) or "\\" in weights
+            or weights.startswith((".", "~")) or weights.count("/") > 1)
+
+
+def resolve(weights: str | None, hub_id: str) -> tuple[str | None, Architecture]:
+    """``weights`` with `PUBLISHED` replaced by ``hub_id``, and the architecture it implies."""
+    weights = hub_id if weights == PUBLISHED else weights
+    shipped = shipped_architecture(hub_id)
+    if weights is not None and Path(weights).expanduser().is_dir():
+        return weights, folder_architecture(Path(weights).expanduser(), shipped)
+    return weights, shipped
+
+
+def offline() -> bool:
+    """Whether the environment asks the Hugging Face libraries to stay off the network."""
+    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"} for k in _OFFLINE_VARS)
+
+
+def check_model_type(arch: Architecture, expected: str, hint: str = "") -> None:
+    """Refuse a config of another model family, naming the file and what was expected."""
+    found = arch.config.get("model_type")
+    if found != expected:
+        raise ValueError(f"{arch.origin} describes a '{found}' model, expected '{expected}'{hint}")
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Drop transformers' table of unused keys (SigLIP's text tower, MAE's decoder): `adopt` checks keys.
+
+    A filter, not a logger level: transformers runs extra checks when that logger's level is raised.
+    """
+    report_log = logging.getLogger("transformers.modeling_utils")
+    drop = _DropLoadReport()
+    report_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        report_log.removeFilter(drop)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+class TransformersEncoder(Encoder):
+    """An `Encoder` around a transformers vision model; subclasses say how to run it (`hidden`).
+
+    Tokens are ``hidden(pixels)[:, num_prefix_tokens:]``: the final hidden states after the
+    model's final layer norm, which RAE uses without its affine (``final_norm_affine=False``,
+    the norm is replaced by a parameter-free one). Parameters named in ``dropped`` (and the
+    removed norm's) are expected in released checkpoints and ignored when loading.
+    """
+
+    def __init__(self, model: PreTrainedModel, arch: Architecture, *, name: str, hub_id: str,
+                 weights: str | None, input_size: int, num_prefix_tokens: int, final_norm: str,
+                 final_norm_affine: bool, dropped: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        config = model.config
+        if input_size <= 0 or input_size % config.patch_size:
+            raise ValueError(f"{name}: input_size {input_size} must be a positive multiple of the patch "
+                             f"size {config.patch_size} (e.g. {16 * config.patch_size})")
+        self.name = name
+        self.hub_id = hub_id
+        self.weights = weights
+        self.patch_size = config.patch_size
+        self.input_size = input_size
+        self.hidden_size = config.hidden_size
+        self.pixel_mean = arch.image_mean
+        self.pixel_std = arch.image_std
+        self.num_prefix_tokens = num_prefix_tokens
+        self.dropped = dropped
+        if not final_norm_affine:
+            setattr(model, final_norm,
+                    nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False))
+            self.dropped = (*dropped, f"{final_norm}.")
+        self.model = model
+        self.freeze()
+
+    @abc.abstractmethod
+    def hidden(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels -> the model's final hidden states, prefix tokens included."""
+
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.hidden(pixels)[:, self.num_prefix_tokens:]
+
+    def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
+        """Weights from the hub id or local folder in ``weights``, copied into the built model."""
+        what = f"the {self.name} encoder"
+        how = (f"Download the released weights on a networked machine with `hf download {self.hub_id}` "
+               f"(older huggingface_hub: `huggingface-cli download {self.hub_id}`) and copy the Hugging "
+               "Face cache (~/.cache/huggingface, or $HF_HOME) here, or point the encoder's `weights` "
+               "at a local save_pretrained folder")
+        source = self.weights
+        if source is None:
+            missing_weights(what, "no source (weights=None)", how, allow_random, log)
+            return
+        if looks_local(source) and not Path(source).expanduser().is_dir():
+            missing_weights(what, f"local folder {source} (it does not exist)", how, allow_random, log)
+            return
+        try:
+            with _quiet_load_report():
+                pretrained = type(self.model).from_pretrained(
+                    str(Path(source).expanduser()) if looks_local(source) else source,
+                    local_files_only=offline())
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            missing_weights(what, f"{source} ({reason})", how, allow_random, log)
+            return
+        self.adopt(pretrained.state_dict(), source)
+        log.info("loaded %s weights from %s", self.name, source)
+
+    def adopt(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Copy a released state dict in; anything missing, unexpected or misshapen is an error."""
+        try:
+            result = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise ValueError(f"weights from {source} do not fit {self.name}: {exc}") from None
+        unexpected = [k for k in result.unexpected_keys if not k.startswith(self.dropped)]
+        if result.missing_keys or unexpected:
+            raise ValueError(f"weights from {source} do not fit {self.name}: missing {result.missing_keys[:5]}, "
+                             f"unexpected {unexpected[:5]} (is it a checkpoint of this model family?)")

@@ -1,0 +1,66 @@
+"""The sampler interface: integrate a velocity field from noise (t = 1) to data (t = 0).
+
+Samplers see the model only as a plain velocity function ``v(x, t, y)``; guidance
+(`rae.sampling.guidance`) builds that function from one or two networks.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Protocol
+
+import torch
+
+from rae.sampling.time_grid import resolve_shift, time_grid
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""``v(x_t (B, ...), t (B,), y (B,) or None) -> velocity (B, ...)``, with dx/dt = v."""
+
+
+class PathCoefficients(Protocol):
+    """What an SDE sampler needs of the interpolation x_t = alpha(t) x_data + sigma(t) noise."""
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha, sigma, d alpha / dt, d sigma / dt) at ``t``."""
+
+
+class Sampler(abc.ABC):
+    """A solver from noise to data on a (possibly shifted) time grid of ``num_steps`` points."""
+
+    def __init__(self, num_steps: int = 50, shift: float | str = 1.0, start: float = 1.0, end: float = 0.0) -> None:
+        if num_steps < 2:
+            raise ValueError(f"num_steps counts grid points and must be >= 2, got {num_steps}")
+        self.num_steps = num_steps
+        self.shift = shift
+        self.start = start
+        self.end = end
+        time_grid(num_steps, 1.0, start, end)  # check the arguments now, not at the first batch
+
+    def grid(self, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """The float64 time grid for latents of shape (C, h, w); ``shift="auto"`` uses that shape.
+
+        ``start`` and ``end`` bound it before the shift (RAE's ODE stops at 1 - linspace's
+        ``t1 = 1 - 1e-3``, so its grid ends at shift(1e-3) rather than at 0).
+        """
+        return time_grid(self.num_steps, resolve_shift(self.shift, latent_shape), self.start, self.end)
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        velocity: VelocityFn,
+        noise: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        path: PathCoefficients | None = None,
+    ) -> torch.Tensor:
+        """Integrate from ``noise`` (the state at t = 1) to t = 0 and return the final state.
+
+        ``generator`` drives the noise of stochastic samplers; ``path`` gives the
+        interpolation coefficients that stochastic samplers need to turn velocity into score.
+        """
+
+
+def evaluate(velocity: VelocityFn, x: torch.Tensor, t: float, y: torch.Tensor | None) -> torch.Tensor:
+    """``velocity`` at one time for the whole batch, in the dtype of the state ``x``."""
+    t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+    return velocity(x, t_batch, y).to(x.dtype)

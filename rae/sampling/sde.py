@@ -1,0 +1,127 @@
+"""Stochastic sampling: Euler-Maruyama on the reverse-time SDE that shares the ODE's marginals.
+
+With x_t = alpha(t) x_data + sigma(t) noise, score s = grad log p_t and any diffusion
+w(t) >= 0, the SDE  dx = [v - w s] dt + sqrt(2 w) dW  run from t = 1 down to t = 0
+has the same marginals as dx/dt = v (SiT, Sec. 2.3). A step of size h = t - t_next is
+    x <- x - h (v - w s) + sqrt(2 w h) z,   z ~ N(0, I).
+SiT and REPA write the same rule with their own t directions: SiT runs t from noise = 0
+to data = 1 (drift v + w s, step +h); REPA runs t from 1 to 0 with diffusion 2w = 2t.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from rae.registry import SAMPLERS
+from rae.sampling.base import PathCoefficients, Sampler, VelocityFn, evaluate
+
+Coefficients = tuple[float, float, float, float]
+
+# w(t) for each diffusion form, from (t, (alpha, sigma, d_alpha, d_sigma), norm); SiT's
+# forms rewritten for t = 1 at noise (SiT's t is 1 - ours).
+DIFFUSION_FORMS: dict[str, Callable[[float, Coefficients, float], float]] = {
+    "constant": lambda t, c, norm: norm,
+    # SiT's "SBDM": the diffusion of the variance-preserving SDE; infinite where alpha = 0.
+    "sbdm": lambda t, c, norm: norm * (c[1] * c[3] - c[2] / c[0] * c[1] ** 2) if c[0] else math.inf,
+    # REPA's choice with norm 1 on the linear path: w = t, i.e. 2w = 2t.
+    "sigma": lambda t, c, norm: norm * c[1],
+    "linear": lambda t, c, norm: norm * t,
+    "decreasing": lambda t, c, norm: 0.25 * (1 - norm * math.cos(math.pi * t)) ** 2,
+    "increasing_decreasing": lambda t, c, norm: norm * math.sin(math.pi * t) ** 2,
+}
+LAST_STEPS = ("none", "mean", "euler", "tweedie")
+
+
+def score_from_velocity(v: torch.Tensor, x: torch.Tensor, c: Coefficients) -> torch.Tensor:
+    """grad log p_t(x) from the velocity: noise = (alpha v - alpha' x) / (alpha sigma' - alpha' sigma), s = -noise / sigma."""
+    alpha, sigma, d_alpha, d_sigma = c
+    noise = (alpha * v - d_alpha * x) / (alpha * d_sigma - d_alpha * sigma)
+    return -noise / sigma
+
+
+@SAMPLERS.register("sde")
+class SDESampler(Sampler):
+    """Euler-Maruyama from t = ``start`` over ``num_steps`` grid points, then one last step to t = 0.
+
+    The grid ends at ``last_step_size`` (shifted with the rest); the last step from
+    there to data is ``none`` (keep x), ``mean`` (the SDE drift, no noise), ``euler``
+    (the ODE drift) or ``tweedie`` (E[x_data | x] = (x + sigma^2 s) / alpha). With
+    ``last_step="none"`` the grid runs to t = 0 itself. REPA's SDE sampler is
+    ``num_steps=250, diffusion_form="sigma", last_step="mean", last_step_size=0.04``.
+    """
+
+    def __init__(
+        self,
+        num_steps: int = 250,
+        shift: float | str = 1.0,
+        diffusion_form: str = "sigma",
+        diffusion_norm: float = 1.0,
+        last_step: str = "mean",
+        last_step_size: float = 0.04,
+        start: float = 1.0,
+    ) -> None:
+        super().__init__(num_steps, shift, start, end=0.0 if last_step == "none" else last_step_size)
+        if diffusion_form not in DIFFUSION_FORMS:
+            raise ValueError(f"unknown diffusion_form {diffusion_form!r}; expected one of {sorted(DIFFUSION_FORMS)}")
+        if last_step not in LAST_STEPS:
+            raise ValueError(f"unknown last_step {last_step!r}; expected one of {list(LAST_STEPS)}")
+        self.diffusion_form = diffusion_form
+        self.diffusion_norm = diffusion_norm
+        self.last_step = last_step
+        self.last_step_size = last_step_size
+
+    def sample(
+        self,
+        velocity: VelocityFn,
+        noise: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        path: PathCoefficients | None = None,
+    ) -> torch.Tensor:
+        if path is None:
+            raise ValueError("the SDE sampler needs the transport's path (its alpha, sigma) to turn velocity into score")
+        grid = self.grid(tuple(noise.shape[1:])).tolist()
+        x = noise
+        for t_cur, t_next in zip(grid[:-1], grid[1:]):
+            h = t_cur - t_next
+            v, s, w = self._drift_terms(velocity, path, x, t_cur, y)
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x - h * (v - w * s) + math.sqrt(2 * w * h) * z
+        return self._last(velocity, path, x, grid[-1], y)
+
+    def _drift_terms(
+        self, velocity: VelocityFn, path: PathCoefficients, x: torch.Tensor, t: float, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Velocity, score and diffusion w at one time."""
+        c = _coefficients(path, t)
+        w = DIFFUSION_FORMS[self.diffusion_form](t, c, self.diffusion_norm)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(
+                f"diffusion_form {self.diffusion_form!r} gives w({t:.4g}) = {w}; use a start < 1 "
+                "(SiT starts at 1 - eps) or another diffusion_form"
+            )
+        v = evaluate(velocity, x, t, y)
+        return v, score_from_velocity(v, x, c), w
+
+    def _last(
+        self, velocity: VelocityFn, path: PathCoefficients, x: torch.Tensor, t: float, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The final step from the grid's last time ``t`` to data."""
+        if self.last_step == "none":
+            return x
+        if self.last_step == "euler":
+            return x - t * evaluate(velocity, x, t, y)
+        v, s, w = self._drift_terms(velocity, path, x, t, y)
+        if self.last_step == "mean":
+            return x - t * (v - w * s)
+        alpha, sigma, _, _ = _coefficients(path, t)
+        return (x + sigma**2 * s) / alpha
+
+
+def _coefficients(path: PathCoefficients, t: float) -> Coefficients:
+    """The path's (alpha, sigma, alpha', sigma') at a scalar time, as Python floats."""
+    values = path.coefficients(torch.tensor(t, dtype=torch.float64))
+    return tuple(float(v) for v in values)  # type: ignore[return-value]

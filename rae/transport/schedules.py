@@ -1,0 +1,50 @@
+"""How training draws t in [0, 1]: uniform, or logit-normal (SD3; RAE's stage 2 with mean 0, std 1)."""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from rae.registry import TIME_SCHEDULES
+
+
+def _device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+    """Draw on the generator's device when one is given (torch requires it)."""
+    return generator.device if generator is not None else device
+
+
+class TimeSchedule(abc.ABC):
+    """A distribution of training times on [0, 1]."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """n float32 times; drawn on the generator's device if a generator is given."""
+
+
+@TIME_SCHEDULES.register("uniform")
+class Uniform(TimeSchedule):
+    """t ~ U[0, 1]."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        return torch.rand(n, generator=generator, device=_device(generator, device))
+
+
+@TIME_SCHEDULES.register("logit_normal")
+class LogitNormal(TimeSchedule):
+    """t = sigmoid(z), z ~ N(mean, std^2); CDF P(t <= u) = Phi((logit(u) - mean) / std).
+
+    With the linear path this equals REPA's "lognormal" weighting (sigma_t / alpha_t log-normal).
+    """
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        if std <= 0:
+            raise ValueError(f"logit_normal std must be positive, got {std}")
+        self.mean = mean
+        self.std = std
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        z = torch.randn(n, generator=generator, device=_device(generator, device))
+        return torch.sigmoid(self.mean + self.std * z)
