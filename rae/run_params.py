@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import subprocess
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,7 +20,7 @@ from gin.config import ConfigurableReference
 
 from rae.accelerator import Accelerator
 from rae.registry import REGISTRIES
-from rae.tracking.values import nest, plain
+from rae.tracking.values import HPARAMS, nest, plain
 
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "gin-config", "torchdiffeq", "lpips", "aim")
 MACROS = ("gin.macro", "gin.constant")
@@ -33,7 +34,7 @@ def run_params(accelerator: Accelerator) -> dict[str, Any]:
     """Everything `Tracker.log_params` gets at the start of a run (gin parsed, experiment built)."""
     bound = bindings()
     return {
-        "hparams": nest(flat_config(bound)),
+        HPARAMS: nest(flat_config(bound)),
         "config": config_dict(bound),
         "git_commit": git_commit(),
         "versions": versions(),
@@ -73,12 +74,12 @@ def config_dict(bound: dict[Key, dict[str, Any]] | None = None) -> dict[str, dic
     where two share a short name.
     """
     bound = bindings() if bound is None else bound
-    short = {key: key[1].rpartition(".")[2] for key in bound}
-    clashes = {name for name in short.values() if sum(s == name for s in short.values()) > 1}
+    selectors = {selector for _, selector in bound}
+    shorts = Counter(selector.rpartition(".")[2] for selector in selectors)
     nested: dict[str, dict[str, Any]] = {}
-    for key, params in bound.items():
-        scope, selector = key
-        name = selector if short[key] in clashes else short[key]
+    for (scope, selector), params in bound.items():
+        short = selector.rpartition(".")[2]
+        name = short if shorts[short] == 1 else selector
         nested[f"{scope}/{name}" if scope else name] = {p: _literal(v) for p, v in params.items()}
     return nested
 
@@ -130,27 +131,34 @@ def _prefixes(bound: dict[Key, dict[str, Any]]) -> dict[Key, str]:
         scope, selector = key
         if _plugin(selector) is None:
             claim(key, _join(scope, selector.rpartition(".")[2]), _join(scope, selector))
-    direct: list[tuple[str, ConfigurableReference]] = []
-    listed: list[ConfigurableReference] = []
-    for params in bound.values():
-        for param, value in params.items():
-            value = _resolve(value)
-            if isinstance(value, ConfigurableReference):
-                direct.append((param, value))
-            else:
-                listed.extend(_references(value))
-    direct = [(p, r) for p, r in direct if _plugin(r.configurable.selector)]
-    for param, ref in sorted(direct, key=lambda pr: pr[0] != _plugin(pr[1].configurable.selector)[0]):
+    direct, listed = _plugin_references(bound)
+    for param, ref, kind in sorted(direct, key=lambda d: d[0] != d[2]):  # `stage2.backbone` before `guide`
         scope, selector = ref.config_key
-        claim(ref.config_key, _join(scope, _plugin(selector)[0]), _join(scope, selector))
+        claim(ref.config_key, _join(scope, kind), _join(scope, selector))
     for ref in listed:
-        if _plugin(ref.configurable.selector):
-            claim(ref.config_key, _join(*ref.config_key))
+        claim(ref.config_key, _join(*ref.config_key))
     for key in bound:  # bindings in a scope that a scoped parent enters, e.g. ``eval/sampler.euler``
         scope, selector = key
         if scope and ("", selector) in prefixes:
             claim(key, _join(scope, prefixes[("", selector)]), _join(scope, selector))
     return prefixes
+
+
+def _plugin_references(
+    bound: dict[Key, dict[str, Any]],
+) -> tuple[list[tuple[str, ConfigurableReference, str]], list[ConfigurableReference]]:
+    """References to plugins: (parameter, reference, kind) of those bound directly, and those inside lists."""
+    direct, listed = [], []
+    for params in bound.values():
+        for param, value in params.items():
+            value = _resolve(value)
+            if isinstance(value, ConfigurableReference):
+                plugin = _plugin(value.configurable.selector)
+                if plugin:
+                    direct.append((param, value, plugin[0]))
+            else:
+                listed.extend(ref for ref in _references(value) if _plugin(ref.configurable.selector))
+    return direct, listed
 
 
 def _plugin(selector: str) -> tuple[str, str] | None:

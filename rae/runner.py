@@ -27,8 +27,8 @@ from rae.config_errors import ConfigError, raise_as_config_error
 from rae.experiments.base import Experiment, RunContext, count_parameters, seed_everything
 from rae.registry import REGISTRIES
 from rae.run_dir import RunFolder, open_run_folder
-from rae.run_params import run_params
-from rae.tracking.aim_tracker import AimTracker
+from rae.run_params import config_tags, run_params, tracker_run_name
+from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable
 from rae.tracking.tracker import Tracker
 from rae.weights import WeightsNotFound
 
@@ -105,12 +105,30 @@ def import_plugins(modules: Sequence[str]) -> None:
             raise ConfigError(f"--import {name}: cannot import the module ({exc})") from exc
 
 
+def _package_file_exists(config_path: str) -> bool:
+    """gin's check for ``pkg/file.gin`` inside a Python package, minus its crash on namespace
+    packages: with the working folder on ``sys.path`` (``--import``), ``experiments/`` is one,
+    has no ``__init__`` origin, and gin's own check raises a TypeError instead of "not found"."""
+    try:
+        return gin.resource_reader.system_path_file_exists(config_path)
+    except TypeError:
+        return False
+
+
+def _use_safe_package_reader() -> None:
+    readers = gin.config._FILE_READERS  # gin offers registration but no replacement of a reader
+    for i, (reader, exists) in enumerate(readers):
+        if exists is gin.resource_reader.system_path_file_exists:
+            readers[i] = (reader, _package_file_exists)
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], fill_required: bool = False) -> list[str]:
     """Parse files one by one (so every error names its file), then the bindings; finalize.
 
     Returns the required keys left unset, which only a dry run (``fill_required``) tolerates.
     """
     gin.clear_config(clear_constants=True)
+    _use_safe_package_reader()
     for folder in (REPO_ROOT / "gin", REPO_ROOT, Path.cwd()):
         gin.add_config_file_search_path(str(folder))
     for path in files:
@@ -150,7 +168,15 @@ def _finalize(source: str, fill_required: bool) -> list[str]:
 
 
 def build_spec(source: str) -> RunSpec:
-    """Call the root configurable; gin errors during construction become config errors."""
+    """Call the root configurable; gin errors during construction become config errors.
+
+    The global RNG is seeded with ``run.seed`` first, so freshly initialised weights are the
+    same on every rank and in every rerun of the config.
+    """
+    try:
+        torch.manual_seed(gin.query_parameter("run.seed"))
+    except ValueError:
+        torch.manual_seed(0)
     try:
         return run_spec()
     except Exception as exc:
@@ -188,11 +214,12 @@ def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str,
     tracker: Tracker = Tracker()
     if accelerator.is_main:
         make_tracker = spec.tracker or partial(AimTracker, repo=spec.run_root)
-        tracker = make_tracker(name=folder.run_name, experiment=experiment_name, run_hash=folder.tracker_hash())
+        tracker = make_tracker(name=tracker_run_name(spec.experiment.kind, folder.run_name),
+                               experiment=experiment_name, run_hash=folder.tracker_hash())
         folder.remember_tracker(tracker)
     error: BaseException | None = None
     try:
-        tracker.add_tags(spec.experiment.tags())
+        tracker.add_tags([*spec.experiment.tags(), *config_tags()])
         tracker.log_params(run_params(accelerator))
         tracker.log_text("config", gin.config_str())
         seed_everything(spec.seed, accelerator.rank)
@@ -238,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     try:
         summary = execute(spec, folder, experiment_name=stem)
-    except WeightsNotFound as exc:
+    except (WeightsNotFound, TrackerUnavailable) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception:

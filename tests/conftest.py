@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gin
 import pytest
 import torch
 from torch import nn
@@ -23,6 +24,10 @@ from transformers import (
     ViTMAEConfig,
     ViTMAEForPreTraining,
 )
+
+# Test tensors are tiny: intra-op threads only add contention on a shared CPU (a 2-thread
+# elementwise op measured 500x slower than 1 thread on a busy 2-core machine).
+torch.set_num_threads(1)
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -68,6 +73,14 @@ def tiny_mae(folder: Path) -> Path:
                           decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
                           decoder_intermediate_size=32)
     return save_tiny(ViTMAEForPreTraining(config), folder, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.fixture(autouse=True)
+def unlocked_gin():
+    """A test that runs the runner leaves gin's config finalized and locked; later tests that
+    register plugins (as importing a user's module does) need it open again."""
+    yield
+    gin.clear_config()
 
 
 @pytest.fixture(scope="session")

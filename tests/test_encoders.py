@@ -12,7 +12,7 @@ from transformers import Dinov2Model, Dinov2WithRegistersModel, SiglipVisionMode
 
 from rae.encoders import latent_to_tokens, tokens_to_latent
 from rae.encoders.dinov2 import DINOv2
-from rae.encoders.hf import shipped_architecture
+from rae.encoders.hf import TransformersEncoder, shipped_architecture
 from rae.encoders.mae import MAE
 from rae.encoders.siglip2 import SigLIP2
 from rae.registry import ENCODERS
@@ -31,7 +31,7 @@ TINY = {
 }
 
 
-def loaded(request, name: str, **kwargs):
+def loaded(request, name: str, **kwargs) -> TransformersEncoder:
     """The tiny encoder ``name`` with its weights loaded from its local folder."""
     fixture, make, _, _, size = TINY[name]
     encoder = make(weights=str(request.getfixturevalue(fixture)), input_size=size, **kwargs)
@@ -58,10 +58,10 @@ def test_tokens_are_the_patch_slice_of_the_raw_model(request, name):
     fixture, _, _, prefix, size = TINY[name]
     pixels = torch.randn(2, 3, size, size)
     last, pre_norm, _ = raw_final_hidden(name, request.getfixturevalue(fixture), pixels)
-    plain = F.layer_norm(pre_norm, pre_norm.shape[-1:], eps=loaded(request, name).model.config.layer_norm_eps)
+    encoder, encoder_affine = loaded(request, name), loaded(request, name, final_norm_affine=True)
+    plain = F.layer_norm(pre_norm, pre_norm.shape[-1:], eps=encoder.model.config.layer_norm_eps)
     with torch.no_grad():
-        ours = loaded(request, name).tokens(pixels)
-        ours_affine = loaded(request, name, final_norm_affine=True).tokens(pixels)
+        ours, ours_affine = encoder.tokens(pixels), encoder_affine.tokens(pixels)
     torch.testing.assert_close(ours, plain[:, prefix:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours_affine, last[:, prefix:], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(ours, ours_affine, atol=1e-3)  # the saved norm's affine is not trivial
@@ -132,26 +132,40 @@ def test_tokens_to_latent_is_a_raster_reshape():
 
 def test_missing_folder_refuses_or_warns(tmp_path, caplog):
     folder = tmp_path / "no_such_encoder"
-    encoder = DINOv2(variant="small", input_size=28, weights=str(folder))
+    with torch.device("meta"):  # a real-size architecture (from the shipped config), built for free
+        encoder = DINOv2(variant="small", weights=str(folder))
     with pytest.raises(WeightsNotFound, match=str(folder)) as err:
         encoder.load_pretrained(allow_random=False, log=log)
     assert "hf download facebook/dinov2-with-registers-small" in str(err.value)
-    before = [p.clone() for p in encoder.parameters()]
     with caplog.at_level(logging.WARNING):
         encoder.load_pretrained(allow_random=True, log=log)
     assert "RANDOM WEIGHTS" in caplog.text and str(folder) in caplog.text
-    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
-    assert encoder(torch.rand(1, 3, 32, 32)).shape == (1, 4, 384)
 
 
 def test_missing_hub_id_offline_names_the_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    encoder = MAE(weights="nobody-here/no-such-mae")
+    with torch.device("meta"):
+        encoder = MAE(weights="nobody-here/no-such-mae")
+        unset = MAE(weights=None)
     with pytest.raises(WeightsNotFound, match="nobody-here/no-such-mae") as err:
         encoder.load_pretrained(allow_random=False, log=log)
     assert "hf download facebook/vit-mae-base" in str(err.value)
     with pytest.raises(WeightsNotFound, match="weights=None"):
-        MAE(weights=None).load_pretrained(allow_random=False, log=log)
+        unset.load_pretrained(allow_random=False, log=log)
+
+
+def test_random_weights_proceed_when_allowed(tmp_path, tiny_dinov2_registers_dir):
+    """A folder with a config but no weights file: refused, or random weights with a warning."""
+    folder = tmp_path / "config_only"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_dinov2_registers_dir / "config.json").read_text())
+    encoder = DINOv2(weights=str(folder), input_size=28)
+    with pytest.raises(WeightsNotFound, match=str(folder)):
+        encoder.load_pretrained(allow_random=False, log=log)
+    before = [p.clone() for p in encoder.parameters()]
+    encoder.load_pretrained(allow_random=True, log=log)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+    assert encoder(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32)
 
 
 def test_wrong_family_and_bad_input_size_are_clear_errors(tiny_dinov2_dir, tiny_mae_dir):

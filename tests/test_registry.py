@@ -29,12 +29,13 @@ def test_register_also_registers_with_gin_under_the_kind():
 
 def test_unknown_name_names_kind_and_closest():
     reg = Registry("testkind_b")
-    reg.register("dinov2")(lambda: None)
-    reg.register("siglip2")(lambda: None)
+    # names no real plugin has: gin's registry is global and a short name must stay unambiguous
+    reg.register("dinov2_test")(lambda: None)
+    reg.register("siglip2_test")(lambda: None)
     with pytest.raises(RegistryError) as err:
-        reg.get("dinov3")
-    assert "testkind_b" in str(err.value) and "'dinov3'" in str(err.value)
-    assert "did you mean 'dinov2'" in str(err.value)
+        reg.get("dinov3_test")
+    assert "testkind_b" in str(err.value) and "'dinov3_test'" in str(err.value)
+    assert "did you mean 'dinov2_test'" in str(err.value)
 
 
 def test_duplicate_registration_of_a_different_object_fails():

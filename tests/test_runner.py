@@ -23,14 +23,14 @@ def _gin(tmp_path, text):
     return str(path)
 
 
-def test_latent_stats_run_writes_folder_and_aim_run(tmp_path, capsys):
+def test_latent_stats_run_writes_folder_and_aim_run(tmp_path, caplog):
     assert _run(tmp_path) == 0
     folder = next((tmp_path / "runs" / "latent_stats_embedded").iterdir())
     for name in ("config.gin", "operative_config.gin", "stat.pt", "DONE"):
         assert (folder / name).exists(), name
     stats = torch.load(folder / "stat.pt", weights_only=True)
     assert stats["mean"].shape == (1, 384, 1, 1)
-    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    assert "RANDOM WEIGHTS" in caplog.text
 
     repo = Repo(str(tmp_path / "runs"))
     runs = [r.run for r in repo.query_runs("", report_mode=0).iter_runs()]

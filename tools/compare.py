@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--params", default=None,
                    help=f"comma-separated param keys (default: those of {','.join(DEFAULT_PARAMS)} that are set)")
     p.add_argument("--metrics", default=None,
-                   help=f"comma-separated NAME:AGG, AGG in last|first|min|max|mean (default: {DEFAULT_METRICS}, where tracked)")
+                   help=f"comma-separated NAME:AGG, AGG in last|first|min|max|mean "
+                        f"(default: those of {DEFAULT_METRICS} that were tracked)")
     p.add_argument("--sort", default=None, help="sort by this column, e.g. loss:min")
     args = p.parse_args(argv)
     params = [k.strip() for k in args.params.split(",") if k.strip()] if args.params is not None else None

@@ -1,4 +1,4 @@
-"""The representation autoencoder (RAE paper, section 3): frozen encoder, trainable decoder.
+"""The representation autoencoder of the RAE paper: frozen encoder, trainable decoder.
 
 Ranges: ``encode`` takes images in [0, 1] (any size; the encoder resizes) and returns latents
 (B, C, h, w), normalised per channel by the stats when a stats file is given, raw otherwise.
@@ -77,7 +77,8 @@ class RAE(nn.Module, Pretrained):
 
     # ---- pixels -> latents ----
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (B, 3, H, W) -> latents (B, C, h, w); noised in train mode (RAE eq. 3)."""
+        """Images in [0, 1] (B, 3, H, W) -> latents (B, C, h, w); noised in train mode (noise-augmented
+        decoding: the decoder learns to decode the imperfect latents a diffusion model samples)."""
         z = tokens_to_latent(self.encoder(images), self.encoder.token_grid)
         if self.training and self.noise_tau > 0:
             z = self.add_noise(z)
@@ -139,14 +140,14 @@ class RAE(nn.Module, Pretrained):
                             f"Pass stats_path = a stat.pt (the latent_stats experiment writes one); {RELEASE_HINT}.",
                             allow_random, log)
             return
-        stats = torch.load(path, map_location="cpu", weights_only=True)
+        stats = read_state_dict(path)
         channels = self.latent_shape[0]
         for name, buffer in (("mean", self.latent_mean), ("var", self.latent_var)):
-            value = stats.get(name) if isinstance(stats, dict) else None
-            if not isinstance(value, torch.Tensor) or value.numel() != channels:
+            value = stats.get(name)
+            if value is None or value.numel() != channels:
                 raise ValueError(
                     f"{path}: expected {{'mean', 'var'}} tensors of shape (1, {channels}, 1, 1); "
-                    f"'{name}' is {None if value is None else tuple(getattr(value, 'shape', ()))}"
+                    f"'{name}' is {None if value is None else tuple(value.shape)}"
                 )
             buffer.copy_(value.reshape(buffer.shape))
         log.info("RAE latent stats: loaded %s", path)

@@ -13,7 +13,6 @@ import abc
 import torch
 from torch import nn
 
-from rae.nn.block import AdaLNBlock
 from rae.nn.label import LabelEmbedder
 from rae.nn.position import sincos_2d_position_embedding
 from rae.nn.rope import RotaryEmbedding2D
@@ -119,7 +118,6 @@ def run_blocks(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply ``blocks`` (numbered from ``first``); also return x after block ``tokens_at`` if it is one of them."""
     tokens = None
-    block: AdaLNBlock
     for number, block in enumerate(blocks, start=first):
         x = block(x, c, rope=rope)
         if number == tokens_at:

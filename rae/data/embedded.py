@@ -87,7 +87,7 @@ def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
 # The dataset
 # ---------------------------------------------------------------------------------------------
 @DATASETS.register("embedded")
-class Embedded(torch.utils.data.Dataset):
+class EmbeddedDataset(torch.utils.data.Dataset):
     """``size`` images of ``resolution`` px; image i has label ``i % num_classes``.
 
     Class c draws shape ``c % 10`` in the hue family ``(c % 10) / 10`` (shifted by the golden
@@ -107,11 +107,17 @@ class Embedded(torch.utils.data.Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        if not 0 <= index < self.size:
-            raise IndexError(f"embedded: index {index} out of range for {self.size} images")
-        return self.images([index])[0], self.label(index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        """A whole batch rendered at once (the DataLoader calls this instead of one ``[i]`` per sample)."""
+        outside = [i for i in indices if not 0 <= i < self.size]
+        if outside:
+            raise IndexError(f"embedded: indices {outside[:5]} out of range for {self.size} images")
+        return list(zip(self.images(indices), [self.label(i) for i in indices]))
 
     def label(self, index: int) -> int:
+        """Classes cycle through the indices, so every prefix of the dataset is balanced."""
         return index % self.num_classes
 
     def images(self, indices: Sequence[int]) -> Tensor:
@@ -175,7 +181,7 @@ def _render(labels: Tensor, u: Tensor, noise: Tensor, resolution: int) -> Tensor
 
 def preview_grid(n_per_class: int, resolution: int = 32, num_classes: int = 10, seed: int = 0) -> Tensor:
     """(3, num_classes*R, n_per_class*R) grid: one row per class, for a look at the dataset."""
-    data = Embedded(size=n_per_class * num_classes, resolution=resolution, num_classes=num_classes, seed=seed)
+    data = EmbeddedDataset(size=n_per_class * num_classes, resolution=resolution, num_classes=num_classes, seed=seed)
     images = data.images([c + j * num_classes for c in range(num_classes) for j in range(n_per_class)])
     r = resolution
     return images.view(num_classes, n_per_class, 3, r, r).permute(2, 0, 3, 1, 4).reshape(3, num_classes * r, -1)

@@ -30,21 +30,24 @@ def center_crop(image: Image.Image, resolution: int) -> Image.Image:
     return image.crop((left, top, left + resolution, top + resolution))
 
 
-def find_images(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Sorted class folder names and (path, label) pairs; labels follow the sorted class names."""
+def find_images(root: Path) -> tuple[list[str], list[str], list[int]]:
+    """Sorted class folder names, image paths relative to ``root``, and labels (sorted-class order)."""
     if not root.is_dir():
         raise FileNotFoundError(f"image_folder: {root} is not a folder; expected an ImageNet-style tree "
                                 "root/<class>/<image>.jpg")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    samples = []
+    files, labels = [], []
     for label, name in enumerate(classes):
-        for folder, subfolders, files in os.walk(root / name, followlinks=True):
+        for folder, subfolders, names in os.walk(root / name, followlinks=True):
             subfolders.sort()
-            samples += [(os.path.join(folder, f), label) for f in sorted(files) if f.lower().endswith(EXTENSIONS)]
-    if not samples:
+            found = [os.path.relpath(os.path.join(folder, f), root) for f in sorted(names)
+                     if f.lower().endswith(EXTENSIONS)]
+            files += found
+            labels += [label] * len(found)
+    if not files:
         raise ValueError(f"image_folder: no images under {root} (found {len(classes)} class folders); "
                          f"expected root/<class>/<image> with one of {', '.join(EXTENSIONS)}")
-    return classes, samples
+    return classes, files, labels
 
 
 @DATASETS.register("image_folder")
@@ -53,7 +56,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
     An unreadable image is never fatal: it is logged once, marked, and the next readable
     image stands in for it. ``skipped`` counts the distinct unreadable files found so far,
-    across DataLoader workers (the marks live in shared memory).
+    across DataLoader workers (the marks live in shared memory). The folder is scanned on
+    first use, not when the dataset is built, so a ``--dry_run`` needs no data on disk.
     """
 
     def __init__(self, root: str, resolution: int = 256, random_flip: bool = False) -> None:
@@ -62,9 +66,41 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root = Path(root).expanduser()
         self.resolution = resolution
         self.random_flip = random_flip
-        self.classes, self.samples = find_images(self.root)
-        self.num_classes = len(self.classes)
-        self._unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+        self._index: tuple[list[str], np.ndarray, np.ndarray, torch.Tensor] | None = None
+
+    def _scanned(self) -> tuple[list[str], np.ndarray, np.ndarray, torch.Tensor]:
+        """Class names, file paths, labels and unreadable marks, from one scan of the folder."""
+        if self._index is None:
+            classes, files, labels = find_images(self.root)
+            # Flat arrays, not a list of Python objects: forked DataLoader workers would copy
+            # a 1.3M-entry list page by page as reference counts change.
+            self._index = (
+                classes,
+                np.array([os.fsencode(f) for f in files], dtype=np.bytes_),
+                np.array(labels, dtype=np.int64),
+                torch.zeros(len(files), dtype=torch.bool).share_memory_(),
+            )
+        return self._index
+
+    @property
+    def classes(self) -> list[str]:
+        return self._scanned()[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def _files(self) -> np.ndarray:
+        return self._scanned()[1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._scanned()[2]
+
+    @property
+    def _unreadable(self) -> torch.Tensor:
+        return self._scanned()[3]
 
     @property
     def skipped(self) -> int:
@@ -72,21 +108,25 @@ class ImageFolder(torch.utils.data.Dataset):
         return int(self._unreadable.sum())
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._files)
+
+    def path(self, index: int) -> Path:
+        """The file of image ``index``."""
+        return self.root / os.fsdecode(self._files[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        n = len(self.samples)
+        n = len(self._files)
         for offset in range(n):
             i = (index + offset) % n
             if self._unreadable[i]:
                 continue
             image = self._load(i)
             if image is not None:
-                return self._to_tensor(image), self.samples[i][1]
+                return self._to_tensor(image), int(self.labels[i])
         raise RuntimeError(f"image_folder: none of the {n} images under {self.root} is readable")
 
     def _load(self, i: int) -> Image.Image | None:
-        path = self.samples[i][0]
+        path = self.path(i)
         try:
             with Image.open(path) as image:
                 return center_crop(image.convert("RGB"), self.resolution)

@@ -1,4 +1,4 @@
-"""The RAE decoder: an MAE-style ViT that turns a latent grid into pixels (RAE paper, section 3).
+"""The RAE decoder: an MAE-style ViT that turns a latent grid into pixels.
 
 latent (B, C, h, w) -> tokens -> Linear to width -> [cls] + tokens + fixed sin-cos positions
 -> transformer blocks -> LayerNorm -> Linear to patch pixels -> drop cls -> unpatchify (B, 3, h*p, w*p).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_model_type, resolve
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_model_type, check_variant, resolve
 from rae.registry import ENCODERS
 
 VARIANTS = ("small", "base", "large", "giant")
@@ -21,21 +21,20 @@ class DINOv2(TransformersEncoder):
 
     def __init__(self, variant: str = "base", registers: bool = True, input_size: int = 224,
                  weights: str | None = PUBLISHED, final_norm_affine: bool = False) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"dinov2: unknown variant '{variant}' (expected one of {', '.join(VARIANTS)})")
+        check_variant("dinov2", variant, VARIANTS)
         hub_id = f"facebook/dinov2-{'with-registers-' if registers else ''}{variant}"
         weights, arch = resolve(weights, hub_id)
         if registers:
             check_model_type(arch, "dinov2_with_registers", " (registers=True)")
-            model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig.from_dict(arch.config))
-            prefix = 1 + model.config.num_register_tokens
+            model_class, config = Dinov2WithRegistersModel, Dinov2WithRegistersConfig.from_dict(arch.config)
+            prefix = 1 + config.num_register_tokens
         else:
             check_model_type(arch, "dinov2", " (registers=False)")
-            model = Dinov2Model(Dinov2Config.from_dict(arch.config))
+            model_class, config = Dinov2Model, Dinov2Config.from_dict(arch.config)
             prefix = 1
-        super().__init__(model, arch, name="dinov2", hub_id=hub_id,
-                         weights=weights, input_size=input_size, num_prefix_tokens=prefix,
-                         final_norm="layernorm", final_norm_affine=final_norm_affine)
+        super().__init__(model_class, config, arch, name="dinov2", hub_id=hub_id, weights=weights,
+                         input_size=input_size, num_prefix_tokens=prefix, final_norm="layernorm",
+                         final_norm_affine=final_norm_affine)
 
     def hidden(self, pixels: torch.Tensor) -> torch.Tensor:
         # [CLS, registers..., patches] after the final layer norm; the position embeddings are

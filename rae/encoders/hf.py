@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from rae.encoders.base import Encoder
 from rae.weights import missing_weights
@@ -82,6 +82,12 @@ def resolve(weights: str | None, hub_id: str) -> tuple[str | None, Architecture]
     return weights, shipped
 
 
+def check_variant(family: str, variant: str, variants: tuple[str, ...]) -> None:
+    """Refuse a size that has no shipped architecture, listing the ones that do."""
+    if variant not in variants:
+        raise ValueError(f"{family}: unknown variant '{variant}' (expected one of {', '.join(variants)})")
+
+
 def offline() -> bool:
     """Whether the environment asks the Hugging Face libraries to stay off the network."""
     return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"} for k in _OFFLINE_VARS)
@@ -94,9 +100,16 @@ def check_model_type(arch: Architecture, expected: str, hint: str = "") -> None:
         raise ValueError(f"{arch.origin} describes a '{found}' model, expected '{expected}'{hint}")
 
 
+class _DropLoadReport(logging.Filter):
+    """Passes every log record except transformers' table of unused checkpoint keys."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def _quiet_load_report() -> Iterator[None]:
-    """Drop transformers' table of unused keys (SigLIP's text tower, MAE's decoder): `adopt` checks keys.
+    """Drop that table (SigLIP's text tower, MAE's decoder) while loading: `adopt` checks keys itself.
 
     A filter, not a logger level: transformers runs extra checks when that logger's level is raised.
     """
@@ -109,13 +122,14 @@ def _quiet_load_report() -> Iterator[None]:
         report_log.removeFilter(drop)
 
 
-class _DropLoadReport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
-
 class TransformersEncoder(Encoder):
     """An `Encoder` around a transformers vision model; subclasses say how to run it (`hidden`).
+
+    Arguments every subclass takes: ``variant`` (the size, picking a shipped architecture),
+    ``input_size`` (pixels fed to the model, a multiple of the patch size), ``weights`` (a hub
+    id; a local save_pretrained folder, whose config.json then defines the architecture; None
+    for random weights, which the runner allows only with ``allow_random_weights``; default
+    `PUBLISHED`, the variant's released id) and ``final_norm_affine``.
 
     Tokens are ``hidden(pixels)[:, num_prefix_tokens:]``: the final hidden states after the
     model's final layer norm, which RAE uses without its affine (``final_norm_affine=False``,
@@ -123,11 +137,10 @@ class TransformersEncoder(Encoder):
     removed norm's) are expected in released checkpoints and ignored when loading.
     """
 
-    def __init__(self, model: PreTrainedModel, arch: Architecture, *, name: str, hub_id: str,
-                 weights: str | None, input_size: int, num_prefix_tokens: int, final_norm: str,
-                 final_norm_affine: bool, dropped: tuple[str, ...] = ()) -> None:
+    def __init__(self, model_class: type[PreTrainedModel], config: PretrainedConfig, arch: Architecture, *,
+                 name: str, hub_id: str, weights: str | None, input_size: int, num_prefix_tokens: int,
+                 final_norm: str, final_norm_affine: bool, dropped: tuple[str, ...] = ()) -> None:
         super().__init__()
-        config = model.config
         if input_size <= 0 or input_size % config.patch_size:
             raise ValueError(f"{name}: input_size {input_size} must be a positive multiple of the patch "
                              f"size {config.patch_size} (e.g. {16 * config.patch_size})")
@@ -141,11 +154,11 @@ class TransformersEncoder(Encoder):
         self.pixel_std = arch.image_std
         self.num_prefix_tokens = num_prefix_tokens
         self.dropped = dropped
+        self.model = model_class(config)
         if not final_norm_affine:
-            setattr(model, final_norm,
+            setattr(self.model, final_norm,
                     nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False))
             self.dropped = (*dropped, f"{final_norm}.")
-        self.model = model
         self.freeze()
 
     @abc.abstractmethod

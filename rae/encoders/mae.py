@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_model_type, resolve
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_model_type, check_variant, resolve
 from rae.registry import ENCODERS
 
 VARIANTS = ("base", "large", "huge")
@@ -21,14 +21,13 @@ class MAE(TransformersEncoder):
 
     def __init__(self, variant: str = "base", input_size: int = 256, weights: str | None = PUBLISHED,
                  final_norm_affine: bool = False) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"mae: unknown variant '{variant}' (expected one of {', '.join(VARIANTS)})")
+        check_variant("mae", variant, VARIANTS)
         hub_id = f"facebook/vit-mae-{variant}"
         weights, arch = resolve(weights, hub_id)
         check_model_type(arch, "vit_mae")
         config = ViTMAEConfig.from_dict(arch.config)
         config.mask_ratio = 0.0
-        super().__init__(ViTMAEModel(config), arch, name="mae",
+        super().__init__(ViTMAEModel, config, arch, name="mae",
                          hub_id=hub_id, weights=weights, input_size=input_size, num_prefix_tokens=1,
                          final_norm="layernorm", final_norm_affine=final_norm_affine)
 

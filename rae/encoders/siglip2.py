@@ -4,7 +4,14 @@ from __future__ import annotations
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from rae.encoders.hf import PUBLISHED, Architecture, TransformersEncoder, check_model_type, resolve
+from rae.encoders.hf import (
+    PUBLISHED,
+    Architecture,
+    TransformersEncoder,
+    check_model_type,
+    check_variant,
+    resolve,
+)
 from rae.registry import ENCODERS
 
 VARIANTS = ("base", "large", "so400m")
@@ -23,13 +30,12 @@ class SigLIP2(TransformersEncoder):
 
     def __init__(self, variant: str = "base", input_size: int = 256, weights: str | None = PUBLISHED,
                  final_norm_affine: bool = False) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"siglip2: unknown variant '{variant}' (expected one of {', '.join(VARIANTS)})")
+        check_variant("siglip2", variant, VARIANTS)
         hub_id = f"google/siglip2-{variant}-patch16-256"
         weights, arch = resolve(weights, hub_id)
         config = SiglipVisionConfig.from_dict(_vision_part(arch).config)
         config.vision_use_head = False
-        super().__init__(SiglipVisionModel(config), arch, name="siglip2",
+        super().__init__(SiglipVisionModel, config, arch, name="siglip2",
                          hub_id=hub_id, weights=weights, input_size=input_size, num_prefix_tokens=0,
                          final_norm="post_layernorm", final_norm_affine=final_norm_affine, dropped=("head.",))
 

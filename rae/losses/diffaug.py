@@ -35,10 +35,12 @@ class DiffAugment(nn.Module):
         self.cutout = cutout
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augmented copy of ``images``; ``generator`` (optional) makes the draws reproducible."""
         if self.prob == 0.0:
             return images
-        use = torch.rand(3, generator=generator) < self.prob
-        r = torch.rand(7, images.shape[0], 1, 1, generator=generator).to(images.device)
+        draw_on = generator.device if generator is not None else torch.device("cpu")
+        use = (torch.rand(3, generator=generator, device=draw_on) < self.prob).tolist()
+        r = torch.rand(7, images.shape[0], 1, 1, generator=generator, device=draw_on).to(images.device)
         x = images.float() * 2.0 - 1.0
         if use[0] and self.translation > 0:
             x = translate(x, self.translation, r[0], r[1])

@@ -65,6 +65,11 @@ class DinoDiscriminator(nn.Module, Pretrained):
         self.backbone.eval()
         return self
 
+    def requires_grad_(self, requires_grad: bool = True) -> "DinoDiscriminator":
+        """Toggles the heads only (GAN loops switch D on and off); the backbone stays frozen."""
+        self.heads.requires_grad_(requires_grad)
+        return self
+
     def token_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images in [0, 1] -> one (B, C, N) token map per head, in ``taps`` order."""
         x = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
@@ -86,9 +91,8 @@ class DinoDiscriminator(nn.Module, Pretrained):
         if path is None:
             cfg = self.backbone.pretrained_cfg
             tried = ", ".join(str(c) for c in candidates) or "no cached file"
-            how = (f"Pass the discriminator's weights = a local copy of {cfg.get('url') or cfg.get('hf_hub_id')} "
-                   f"(or put timm's {cfg.get('hf_hub_id')} in the Hugging Face cache, or the file in "
-                   f"{Path(torch.hub.get_dir()) / 'checkpoints'})")
+            how = (f"Download {cfg.get('url')} (or timm's {cfg.get('hf_hub_id')} from the Hugging Face hub) and "
+                   f"set dino_disc.weights to the file, or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}")
             missing_weights("the DINO discriminator backbone", tried, how, allow_random, log)
             return
         load_checked(self.backbone, read_state_dict(path), "DINO discriminator backbone", path)

@@ -34,13 +34,12 @@ class LPIPS(nn.Module, Pretrained):
     def __init__(self, vgg_weights: str | None = None) -> None:
         super().__init__()
         self.vgg_weights = vgg_weights
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torchvision's note on its `pretrained` argument
-            self.metric = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+        self.metric = build_vgg_lpips()
         self.requires_grad_(False)
         self.train(False)
 
     def train(self, mode: bool = True) -> "LPIPS":
+        """Always eval: LPIPS is a fixed metric (its dropout must stay off)."""
         return super().train(False)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,6 +47,7 @@ class LPIPS(nn.Module, Pretrained):
         return self.metric(images, targets, normalize=True).flatten()
 
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
+        """The wheel's linear heads, then the VGG16 trunk (refused when absent unless ``allow_random``)."""
         heads = nn.ModuleDict({f"lin{i}": lin for i, lin in enumerate(self.metric.lins)})
         load_checked(heads, read_state_dict(LINEAR_HEADS), "LPIPS linear heads", LINEAR_HEADS)
         candidates = [self.vgg_weights] if self.vgg_weights is not None else [
@@ -60,6 +60,21 @@ class LPIPS(nn.Module, Pretrained):
             return
         load_checked(self.metric.net, vgg_trunk(read_state_dict(path)), "LPIPS VGG16 trunk", path)
         log.info("LPIPS: loaded VGG16 trunk %s", path)
+
+
+def build_vgg_lpips() -> lpips.LPIPS:
+    """lpips' VGG LPIPS, random, on the current default device, without initialising the VGG16
+    classifier that lpips builds and throws away (100M weights, seconds of CPU time)."""
+    device = torch.get_default_device()
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's note on its `pretrained` argument
+        metric = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+    metric.to_empty(device=device)
+    for conv in metric.modules():
+        if isinstance(conv, nn.Conv2d):
+            conv.reset_parameters()
+    metric.scaling_layer = lpips.ScalingLayer().to(device)  # constant buffers, made afresh
+    return metric
 
 
 def vgg_trunk(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -81,4 +81,4 @@ def iterate_npz_images(path: str | Path, batch_size: int, key: str = "arr_0") ->
                 data = f.read(count * per_image)
                 if len(data) != count * per_image:
                     raise ValueError(f"{path}:{key} is truncated at image {start}")
-                yield np.frombuffer(data, dtype=np.uint8).reshape(count, *shape[1:])
+                yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(count, *shape[1:])

@@ -1,7 +1,6 @@
 """REPA: aligning a diffusion backbone's hidden tokens with a frozen encoder's features."""
-from rae.repa import loss  # noqa: F401  (registers @loss.repa)
 from rae.repa.checkpoint import from_repa_config, load_repa_checkpoint, read_repa_checkpoint
-from rae.repa.loss import REPALoss
+from rae.repa.loss import REPALoss  # registers @loss.repa
 from rae.repa.projector import Projector, Projectors
 
 __all__ = ["Projector", "Projectors", "REPALoss", "from_repa_config", "load_repa_checkpoint", "read_repa_checkpoint"]

@@ -1,4 +1,6 @@
-"""The alignment objective of REPA (Yu et al. 2025, Eq. 8): negative cosine similarity per token.
+"""The alignment objective of REPA (Yu et al. 2025): L = -E[ 1/N sum_n cos(y*_n, h_phi(h_t,n)) ].
+
+Each backbone token n, projected by h_phi, is compared with the target encoder's token n.
 
 When the backbone's token grid differs from a target encoder's (e.g. SiT-XL/2 on 32x32
 latents gives 16x16 tokens, DINOv2-B at 448 px gives 32x32), the target features are

@@ -37,7 +37,9 @@ def from_repa_config(config: Mapping[str, Any]) -> tuple[SiT, Projectors, int]:
     """
     unknown = sorted(set(config) - set(_REFERENCE_DEFAULTS))
     if unknown:
-        raise ValueError(f"REPA SiT config has unknown keys {unknown}; accepted keys: {', '.join(_REFERENCE_DEFAULTS)}")
+        raise ValueError(
+            f"REPA SiT config has unknown keys {unknown}; accepted keys: {', '.join(_REFERENCE_DEFAULTS)}"
+        )
     cfg = {**_REFERENCE_DEFAULTS, **config}
     if cfg["decoder_hidden_size"] != cfg["hidden_size"]:
         # REPA's final layer is built with decoder_hidden_size but fed hidden_size tokens: it only runs when equal.
@@ -59,7 +61,7 @@ def read_repa_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def rename_legacy_keys(state: Mapping[str, torch.Tensor], encoder_depth: int) -> dict[str, torch.Tensor]:
-    """Early REPA checkpoints number the blocks after ``encoder_depth`` as ``decoder_blocks.i``: make them ``blocks.(i + depth)``."""
+    """Early REPA checkpoints call block ``encoder_depth + i`` ``decoder_blocks.i``: rename it ``blocks.(depth + i)``."""
     renamed = {}
     for key, value in state.items():
         match = _LEGACY_BLOCK.match(key)

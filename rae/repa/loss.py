@@ -1,8 +1,9 @@
 """`@loss.repa`: REPA's alignment loss, projector heads included, against frozen target encoders.
 
-A training step computes the diffusion loss with the backbone's tokens after block
-``encoder_depth`` (``backbone(x_t, t, y, return_tokens_at=loss.encoder_depth)``), then
-``alignment, metrics = loss(tokens, images)`` and minimises ``diffusion + alignment``.
+Before training, ``loss.check_backbone(backbone)``. A training step then runs the backbone with
+``out, tokens = backbone(x_t, t, y, return_tokens_at=loss.encoder_depth)``, computes the diffusion
+loss from ``out``, then ``alignment, metrics = loss(tokens, images)`` (the clean images of the
+batch, in [0, 1]) and minimises ``diffusion + alignment``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from rae.backbones.base import Backbone
 from rae.encoders.base import Encoder
 from rae.nn.init import is_meta
 from rae.registry import LOSSES
@@ -20,7 +22,7 @@ from rae.repa.projector import Projectors
 
 @LOSSES.register("repa")
 class REPALoss(nn.Module):
-    """proj_coeff * mean over targets of -cos(projector_i(tokens), encoder_i(images)) (REPA Eq. 8).
+    """proj_coeff * mean over targets of -cos(projector_i(tokens), encoder_i(images)) (REPA).
 
     ``encoders``: the frozen target encoders (DINOv2-B by default in REPA); each resizes the
     images to its own ``input_size``. ``hidden_size``: the backbone's token width at
@@ -39,7 +41,9 @@ class REPALoss(nn.Module):
         encoders = [encoders] if isinstance(encoders, Encoder) else list(encoders)
         wrong = [type(e).__name__ for e in encoders if not isinstance(e, Encoder)]
         if not encoders or wrong:
-            raise TypeError(f"repa.encoders must be one or more rae Encoders (e.g. @encoder.dinov2()), got {wrong or 'none'}")
+            raise TypeError(
+                f"repa.encoders must be one or more rae Encoders (e.g. @encoder.dinov2()), got {wrong or 'none'}"
+            )
         if encoder_depth < 1:
             raise ValueError(f"repa.encoder_depth counts backbone blocks from 1, got {encoder_depth}")
         if proj_coeff < 0:
@@ -51,12 +55,28 @@ class REPALoss(nn.Module):
         if not is_meta(self.projectors):
             self.projectors.init_weights()
 
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Fail before training when ``backbone`` cannot feed this loss: depth out of range or width mismatch."""
+        name = type(backbone).__name__
+        if not 1 <= self.encoder_depth <= backbone.num_blocks:
+            raise ValueError(
+                f"repa.encoder_depth = {self.encoder_depth}, but {name} has blocks 1..{backbone.num_blocks}"
+            )
+        width = backbone.token_width(self.encoder_depth)
+        if width != self.projectors.hidden_size:
+            raise ValueError(
+                f"repa.hidden_size = {self.projectors.hidden_size}, but {name}'s tokens after block "
+                f"{self.encoder_depth} are {width} wide; set repa.hidden_size = {width}"
+            )
+
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images in [0, 1] (B, 3, H, W) -> each encoder's patch tokens, without any gradient path."""
         return [encoder(images) for encoder in self.encoders]
 
-    def align(self, tokens: torch.Tensor, targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def align(
+        self, tokens: torch.Tensor, targets: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted alignment loss of backbone ``tokens`` (B, N, hidden) against precomputed ``targets``."""
         if len(targets) != len(self.projectors):
             raise ValueError(f"REPA has {len(self.projectors)} target encoders but got {len(targets)} target tensors")

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Projector(nn.Sequential):
-    """Linear, SiLU, Linear, SiLU, Linear (REPA Sec. 3.3); key names ``0``, ``2``, ``4`` as released."""
+    """Linear, SiLU, Linear, SiLU, Linear (REPA's ``build_mlp``); key names ``0``, ``2``, ``4`` as released."""
 
     def __init__(self, hidden_size: int, projector_dim: int, z_dim: int) -> None:
         super().__init__(

@@ -27,8 +27,6 @@ class Sampler(abc.ABC):
     """A solver from noise to data on a (possibly shifted) time grid of ``num_steps`` points."""
 
     def __init__(self, num_steps: int = 50, shift: float | str = 1.0, start: float = 1.0, end: float = 0.0) -> None:
-        if num_steps < 2:
-            raise ValueError(f"num_steps counts grid points and must be >= 2, got {num_steps}")
         self.num_steps = num_steps
         self.shift = shift
         self.start = start
@@ -53,7 +51,7 @@ class Sampler(abc.ABC):
         generator: torch.Generator | None = None,
         path: PathCoefficients | None = None,
     ) -> torch.Tensor:
-        """Integrate from ``noise`` (the state at t = 1) to t = 0 and return the final state.
+        """Integrate from ``noise`` (the state at t = ``start``, 1 by default) towards t = 0; the final state.
 
         ``generator`` drives the noise of stochastic samplers; ``path`` gives the
         interpolation coefficients that stochastic samplers need to turn velocity into score.

@@ -16,6 +16,7 @@ import torch
 
 from rae.registry import SAMPLERS
 from rae.sampling.base import PathCoefficients, Sampler, VelocityFn, evaluate
+from rae.sampling.time_grid import resolve_shift, time_grid
 
 Coefficients = tuple[float, float, float, float]
 
@@ -45,7 +46,7 @@ def score_from_velocity(v: torch.Tensor, x: torch.Tensor, c: Coefficients) -> to
 class SDESampler(Sampler):
     """Euler-Maruyama from t = ``start`` over ``num_steps`` grid points, then one last step to t = 0.
 
-    The grid ends at ``last_step_size`` (shifted with the rest); the last step from
+    The grid, shifted like the ODE's, ends exactly at ``last_step_size``; the last step from
     there to data is ``none`` (keep x), ``mean`` (the SDE drift, no noise), ``euler``
     (the ODE drift) or ``tweedie`` (E[x_data | x] = (x + sigma^2 s) / alpha). With
     ``last_step="none"`` the grid runs to t = 0 itself. REPA's SDE sampler is
@@ -72,6 +73,17 @@ class SDESampler(Sampler):
         self.last_step = last_step
         self.last_step_size = last_step_size
 
+    def grid(self, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """The shifted grid from ``start`` to exactly ``last_step_size`` (0 without a last step).
+
+        The reference shifts the grid's end as well, so its "last step" of nominal size 0.04
+        starts from shift(0.04) (0.11 at s = 3) and stops short of t = 0; here the unshifted
+        end is chosen so that the shifted grid ends at ``last_step_size`` itself.
+        """
+        shift = resolve_shift(self.shift, latent_shape)
+        h = self.end  # last_step_size, or 0 without a last step
+        return time_grid(self.num_steps, shift, self.start, end=h / (shift - (shift - 1) * h))
+
     def sample(
         self,
         velocity: VelocityFn,
@@ -88,7 +100,7 @@ class SDESampler(Sampler):
         for t_cur, t_next in zip(grid[:-1], grid[1:]):
             h = t_cur - t_next
             v, s, w = self._drift_terms(velocity, path, x, t_cur, y)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = _gaussian(x, generator)
             x = x - h * (v - w * s) + math.sqrt(2 * w * h) * z
         return self._last(velocity, path, x, grid[-1], y)
 
@@ -119,6 +131,12 @@ class SDESampler(Sampler):
             return x - t * (v - w * s)
         alpha, sigma, _, _ = _coefficients(path, t)
         return (x + sigma**2 * s) / alpha
+
+
+def _gaussian(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the generator's device (a CPU generator works too)."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def _coefficients(path: PathCoefficients, t: float) -> Coefficients:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rae.tracking.values import flatten
+from aim import Repo
+from aim.sdk.types import QueryReportMode
 
-PARAMS_NAMESPACE = "hparams"  # where the runner puts the flat config (see rae.run_params)
+from rae.tracking.values import HPARAMS, flatten
+
 DEFAULT_PARAMS = ("experiment.name", "encoder.name", "backbone.name", "run.seed")
 DEFAULT_METRICS = "loss:last,loss:min,fid:last,rfid:last,psnr:last"
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
@@ -24,6 +26,7 @@ AGGREGATES: dict[str, Callable[[list[float]], float]] = {
     "max": max,
     "mean": statistics.fmean,
 }
+Context = tuple[tuple[str, Any], ...]  # a metric's context as sorted (key, value) pairs
 
 
 class CompareError(ValueError):
@@ -35,7 +38,7 @@ class MetricColumn:
     """One metric of one context, reduced over its steps, e.g. ``fid{guidance=1.5}:min``."""
 
     name: str
-    context: tuple[tuple[str, Any], ...]
+    context: Context
     aggregate: str
 
     @property
@@ -52,11 +55,11 @@ class RunRow:
     status: str
     created: float
     params: dict[str, Any]
-    series: dict[tuple[str, tuple[tuple[str, Any], ...]], list[float]] = field(default_factory=dict)
+    series: dict[tuple[str, Context], list[float]] = field(default_factory=dict)
 
     def param(self, key: str) -> Any:
         """A flat-config key (``backbone.name``) or, failing that, a top-level param path (``status``)."""
-        return self.params.get(f"{PARAMS_NAMESPACE}.{key}", self.params.get(key))
+        return self.params.get(f"{HPARAMS}.{key}", self.params.get(key))
 
 
 def parse_metric_specs(spec: str) -> list[tuple[str, str]]:
@@ -66,23 +69,23 @@ def parse_metric_specs(spec: str) -> list[tuple[str, str]]:
         name, _, aggregate = item.partition(":")
         aggregate = aggregate or "last"
         if aggregate not in AGGREGATES:
-            raise CompareError(f"--metrics {item!r}: unknown aggregate '{aggregate}'; expected one of {', '.join(AGGREGATES)}")
+            raise CompareError(
+                f"--metrics {item!r}: unknown aggregate '{aggregate}'; expected one of {', '.join(AGGREGATES)}"
+            )
         parsed.append((name, aggregate))
     return parsed
 
 
 def read_runs(repo_path: str, query: str = "") -> list[RunRow]:
     """The runs matching an Aim QL query, oldest first, with their params and metric series."""
-    from aim import Repo
-    from aim.sdk.types import QueryReportMode
-
     if not (Path(repo_path) / ".aim").is_dir():
         raise CompareError(f"no Aim repo at '{repo_path}' (expected a folder with '.aim' inside, e.g. --repo runs)")
-    repo = Repo.from_path(str(repo_path), read_only=True)
+    repo = Repo.from_path(str(repo_path))
     try:
         found = [item.run for item in repo.query_runs(query, report_mode=QueryReportMode.DISABLED).iter_runs()]
-    except SyntaxError as exc:
-        raise CompareError(f"bad query {query!r}: {exc.args[0] if exc.args else exc}") from exc
+    except SyntaxError as exc:  # Aim wraps its parser's message in a tuple
+        detail = exc.msg[0] if isinstance(exc.msg, tuple) else exc.msg
+        raise CompareError(f"bad query {query!r}: {detail}") from exc
     rows = []
     for run in found:
         params = flatten(run[...])  # every param of the run, as dotted keys
@@ -131,7 +134,7 @@ def build_table(
 def format_table(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell; numbers right-aligned, missing values as '-'."""
     text = [[_format(v) for v in row] for row in cells]
-    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in text)]) for i, h in enumerate(header)]
     numeric = [bool(cells) and all(isinstance(r[i], (int, float)) or r[i] is None for r in cells)
                for i in range(len(header))]
 
@@ -152,9 +155,10 @@ def compare(
     rows = read_runs(repo_path, query)
     if not rows:
         return f"no runs in '{repo_path}' match {query!r}" if query else f"no runs in '{repo_path}'"
-    chosen = list(params) if params is not None else [k for k in DEFAULT_PARAMS if any(r.param(k) is not None for r in rows)]
+    if params is None:
+        params = [key for key in DEFAULT_PARAMS if any(row.param(key) is not None for row in rows)]
     columns = metric_columns(rows, parse_metric_specs(metrics or DEFAULT_METRICS), keep_empty=metrics is not None)
-    return format_table(*build_table(rows, chosen, columns, sort))
+    return format_table(*build_table(rows, params, columns, sort))
 
 
 def _format(value: Any) -> str:

@@ -5,19 +5,18 @@ import logging
 import math
 from typing import Any, Mapping
 
-import torch
-
+HPARAMS = "hparams"  # the run param holding the flat config, e.g. ``run.hparams.backbone.name`` in Aim QL
 log = logging.getLogger(__name__)
 
 
 def plain(value: Any) -> Any:
     """``value`` as bool/int/float/str/None, lists and string-keyed dicts; anything else as text.
 
-    Tensors of one element become numbers; non-finite floats become text, since a
-    tracker's param store (Aim's included) cannot compare them in queries.
+    Tensors and numpy values become numbers or lists (through their ``tolist``); non-finite
+    floats become text, since a tracker's param store (Aim's included) cannot compare them.
     """
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
+    if callable(getattr(value, "tolist", None)):
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, (bool, int, float, str)) or value is None:

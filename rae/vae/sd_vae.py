@@ -68,7 +68,7 @@ def vae_architecture(weights: str | None) -> dict[str, Any]:
 
 @AUTOENCODERS.register("sd_vae")
 class SDVAE(nn.Module, Pretrained):
-    """Frozen SD VAE: images in [0, 1] (B, 3, image_size, image_size) <-> latents (B, 4, image_size/8, image_size/8).
+    """Frozen SD VAE: images in [0, 1] (B, 3, S, S) <-> latents (B, 4, S/f, S/f), S = ``image_size``, f = 8.
 
     ``weights``: a hub id or a local diffusers folder, read by ``load_pretrained`` only.
     ``scaling_factor``/``latent_bias``: latents = z * scaling_factor + latent_bias (REPA: 0.18215, 0).
@@ -87,12 +87,12 @@ class SDVAE(nn.Module, Pretrained):
         if scaling_factor <= 0:
             raise ValueError(f"sd_vae.scaling_factor must be positive, got {scaling_factor}")
         config = vae_architecture(weights)
-        self.vae = autoencoder_kl().from_config(config)
-        self.vae.requires_grad_(False)
         self.downsample = 2 ** (len(config["block_out_channels"]) - 1)
         if image_size <= 0 or image_size % self.downsample:
             raise ValueError(f"sd_vae.image_size must be a positive multiple of the VAE's downsampling "
                              f"factor {self.downsample}, got {image_size}")
+        self.vae = autoencoder_kl().from_config(config)
+        self.vae.requires_grad_(False)
         self.weights = weights
         self.image_size = image_size
         self.latent_channels = config.get("latent_channels", 4)
@@ -117,7 +117,7 @@ class SDVAE(nn.Module, Pretrained):
         return z * self.scaling_factor + self.latent_bias
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, C, h, w) -> images (B, 3, 8h, 8w) on the [0, 1] scale, not clamped."""
+        """Scaled latents (B, C, h, w) -> images (B, 3, f*h, f*w) on the [0, 1] scale, not clamped (f = 8)."""
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"sd_vae expects latents (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
         pixels = self.vae.decode((latents - self.latent_bias) / self.scaling_factor).sample

@@ -1,0 +1,407 @@
+"""`stage2`: train a diffusion backbone with the transport on autoencoder latents (RAE Sec. 4; REPA).
+
+Data: a latent cache (``latents = @dataset.latent_cache()``; the encoder never runs), or images
+(``dataset = ...``) encoded on the fly by ``autoencoder``, which REPA's alignment needs (its
+target encoders see the images). One optimiser step:
+  1. this rank's share of the global batch -> latents x0 (encoded without gradient from images);
+  2. t, noise and label dropout drawn once for the whole batch, so that any split into
+     micro-batches computes exactly the gradient of the whole batch;
+  3. per micro-batch: backbone(x_t, t, y) -> transport loss [+ proj_coeff * alignment loss of the
+     tokens after block ``alignment.encoder_depth``], backward weighted by its share;
+  4. gradient clipping, AdamW, lr schedule, EMA.
+`TrainingSession` logs, checkpoints and resumes around it; every ``sample_every`` steps the EMA
+model samples a grid with a few Euler steps, decoded by the autoencoder.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rae.accelerator import Accelerator
+from rae.backbones.base import Backbone
+from rae.data.base import LabelledImages
+from rae.data.latent_cache import LatentCache
+from rae.experiments.base import Experiment, RunContext
+from rae.registry import EXPERIMENTS
+from rae.sampling.fixed_step import EulerSampler
+from rae.sampling.guidance import NoGuidance
+from rae.tracking.tracker import Tracker
+from rae.train.checkpoint import atomic_save
+from rae.train.data_stream import DataStream, to_device
+from rae.train.ema import EMA
+from rae.train.optim import make_adamw, make_scheduler
+from rae.train.session import TrainingSession
+from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
+from rae.transport.transport import TrainingPoint, Transport
+
+EMA_FILE = "ema.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# What one step trains
+# ---------------------------------------------------------------------------------------------
+class Denoiser(nn.Module):
+    """The trained modules of a step: the backbone, plus the alignment loss (REPA's projectors).
+
+    One module, so that DDP averages the gradients of both. ``forward`` returns the backbone's
+    prediction, the weighted alignment loss (None without alignment) and its metrics.
+    """
+
+    def __init__(self, backbone: Backbone, alignment: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.alignment = alignment
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, images: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        if self.alignment is None:
+            return self.backbone(x_t, t, y), None, {}
+        out, tokens = self.backbone(x_t, t, y, return_tokens_at=self.alignment.encoder_depth)
+        align, metrics = self.alignment(tokens, images)
+        return out, align, metrics
+
+
+class BatchLabelDropout:
+    """Label dropout drawn once per batch, before it is split, instead of in every forward pass.
+
+    The backbone's label embedder would draw it per micro-batch, and on CUDA (where every kernel
+    launch takes its own offset of the Philox stream) a split batch would then drop other labels
+    than the whole one. So the embedder is switched to eval mode (no dropout of its own) and gets
+    labels already dropped with its probability and null label.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.embedder = backbone.y_embedder
+        self.embedder.train(False)
+
+    def __call__(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedder.drop(labels) if self.embedder.dropout_prob > 0 else labels
+
+
+class TrainableParameters:
+    """Checkpoint state of a module's trainable parameters only (REPA: the projectors, not the frozen encoders)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(f"alignment state has parameters {sorted(set(state) ^ expected)} that do not match "
+                             "this alignment loss; the checkpoint was written with another one")
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample grids during training
+# ---------------------------------------------------------------------------------------------
+class SampleGrid:
+    """Fixed noise and labels, integrated by the EMA model with a few Euler steps, decoded to images.
+
+    The noise comes from its own generator (seeded once), so every grid of a run starts from the
+    same noise and sampling never moves the training random streams.
+    """
+
+    def __init__(self, transport: Transport, autoencoder: nn.Module, latent_shape: tuple[int, ...],
+                 labels: list[int], num_steps: int, device: torch.device, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn(len(labels), *latent_shape, generator=generator).to(device)
+        self.labels = torch.tensor(labels, device=device)
+        self.transport = transport
+        self.autoencoder = autoencoder
+        self.sampler = EulerSampler(num_steps=num_steps, shift=transport.shift(latent_shape))
+
+    @torch.no_grad()
+    def log(self, model: nn.Module, accelerator: Accelerator, tracker: Tracker, step: int) -> None:
+        velocity = NoGuidance().velocity_fn(model, to_velocity=self.transport.velocity)
+        with accelerator.autocast():
+            latents = self.sampler.sample(velocity, self.noise, self.labels)
+            images = self.autoencoder.decode(latents)
+        captions = [f"class {label}" for label in self.labels.tolist()]
+        tracker.track_images("samples", images.float().clamp(0, 1), step, captions=captions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+def _pick(steps: int | None, epochs: float | None, steps_per_epoch: int, default: int | None) -> int | None:
+    """A duration given in optimiser steps or in epochs (converted with the stream's steps per epoch)."""
+    if epochs is not None:
+        return round(epochs * steps_per_epoch)
+    return steps if steps is not None else default
+
+
+def _check_either(**pairs: tuple[Any, Any]) -> None:
+    for name, (steps, epochs) in pairs.items():
+        if steps is not None and epochs is not None:
+            raise ValueError(f"stage2: give {name} in steps or in epochs, not both (got {steps} and {epochs})")
+
+
+@EXPERIMENTS.register("stage2")
+class Stage2(Experiment):
+    """Train ``backbone`` on latents with ``transport`` (and optionally REPA's ``alignment``).
+
+    Args:
+      backbone: the stage-2 network, ``f(x_t, t, y) -> prediction``.
+      transport: path, prediction, time schedule and shift; gives the per-sample loss.
+      latents: a latent cache (``@dataset.latent_cache()``); or
+      dataset: labelled images in [0, 1], encoded by ``autoencoder`` every step.
+      autoencoder: encodes ``dataset`` and decodes the sample grids; with ``latents`` it only decodes,
+        and must be the autoencoder the cache was made with.
+      alignment: REPA's loss (``@loss.repa()``): ``alignment(tokens, images) -> (proj_coeff * loss,
+        {"align_loss": loss})`` with ``encoder_depth``; needs ``dataset`` (its encoders see the images).
+      batch_size: global batch (all ranks, all micro-batches); micro_batch_size: per forward pass.
+      total_steps / total_epochs: training length; warmup_steps / warmup_epochs and decay_end_step /
+        decay_end_epoch shape the ``lr_schedule`` ("constant", "linear", "cosine") down to ``final_lr``.
+      lr, betas, weight_decay, adam_eps: AdamW. grad_clip: max gradient norm (None: no clipping).
+      ema_decay: decay of the EMA model that samples and is saved as ``ema.pt``.
+      stochastic_encode: encode with the autoencoder in training mode (SD-VAE: a fresh posterior
+        sample every step, as REPA); off, RAE latents are clean (its training noise is for decoders).
+      compile: ``torch.compile`` the step's module (the EMA is built from the uncompiled one).
+      num_workers: data-loading processes per rank.
+      log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
+      sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
+      sample_labels: the classes in the grid (default: evenly spread over the classes, 8 of them).
+    """
+
+    kind = "stage2"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        transport: Transport,
+        latents: LatentCache | None = None,
+        dataset: LabelledImages | None = None,
+        autoencoder: nn.Module | None = None,
+        alignment: nn.Module | None = None,
+        batch_size: int = 256,
+        micro_batch_size: int | None = None,
+        total_steps: int | None = None,
+        total_epochs: float | None = None,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
+        lr_schedule: str = "constant",
+        warmup_steps: int | None = None,
+        warmup_epochs: float | None = None,
+        decay_end_step: int | None = None,
+        decay_end_epoch: float | None = None,
+        final_lr: float | None = None,
+        grad_clip: float | None = 1.0,
+        ema_decay: float = 0.9995,
+        stochastic_encode: bool = False,
+        compile: bool = False,
+        num_workers: int = 4,
+        log_every: int = 100,
+        checkpoint_every: int | None = None,
+        checkpoint_every_epochs: float | None = None,
+        keep_checkpoints: int = 2,
+        sample_every: int = 10000,
+        sample_steps: int = 10,
+        sample_labels: list[int] | None = None,
+    ) -> None:
+        if (latents is None) == (dataset is None):
+            raise ValueError("stage2 trains on either `latents` (a latent cache) or `dataset` (images encoded "
+                             "by the autoencoder every step): give exactly one")
+        if dataset is not None and autoencoder is None:
+            raise ValueError("stage2.dataset holds images: give stage2.autoencoder to encode them")
+        if alignment is not None and dataset is None:
+            raise ValueError("stage2.alignment (REPA) needs images for its target encoders: give stage2.dataset "
+                             "(with an autoencoder) instead of a latent cache")
+        if stochastic_encode and dataset is None:
+            raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
+        if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
+            raise ValueError(f"stage2: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
+        if total_steps is None and total_epochs is None:
+            raise ValueError("stage2: set the training length, total_steps or total_epochs")
+        _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
+                      decay_end=(decay_end_step, decay_end_epoch),
+                      checkpoint_every=(checkpoint_every, checkpoint_every_epochs))
+        self.backbone = backbone
+        self.transport = transport
+        self.latents = latents
+        self.dataset = dataset
+        self.autoencoder = autoencoder
+        self.alignment = alignment
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.total = (total_steps, total_epochs)
+        self.warmup = (warmup_steps, warmup_epochs)
+        self.decay_end = (decay_end_step, decay_end_epoch)
+        self.checkpoint_every = (checkpoint_every, checkpoint_every_epochs)
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.weight_decay = weight_decay
+        self.adam_eps = adam_eps
+        self.lr_schedule = lr_schedule
+        self.final_lr = final_lr
+        self.grad_clip = grad_clip
+        self.ema_decay = ema_decay
+        self.stochastic_encode = stochastic_encode
+        self.compile = compile
+        self.num_workers = num_workers
+        self.log_every = log_every
+        self.keep_checkpoints = keep_checkpoints
+        self.sample_every = sample_every
+        self.sample_steps = sample_steps
+        self.sample_labels = sample_labels
+        self._check_models()
+
+    # ---- what the runner asks ----
+    def models(self) -> dict[str, nn.Module]:
+        found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "alignment": self.alignment}
+        return {name: model for name, model in found.items() if model is not None}
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.backbone.latent_shape)
+
+    def tags(self) -> list[str]:
+        return [self.kind, type(self.backbone).__name__] + (["repa"] if self.alignment is not None else [])
+
+    # ---- checks before the first step ----
+    def _check_models(self) -> None:
+        """Shapes the models must agree on (attributes only: runs on the meta device, no I/O)."""
+        shape = tuple(self.backbone.latent_shape)
+        if self.autoencoder is not None and tuple(self.autoencoder.latent_shape) != shape:
+            raise ValueError(f"the autoencoder makes latents {tuple(self.autoencoder.latent_shape)} but the backbone "
+                             f"takes {shape}: set the backbone's in_channels / input_size to the latent shape")
+        if self.alignment is None:
+            return
+        depth = self.alignment.encoder_depth
+        if not 1 <= depth <= self.backbone.num_blocks:
+            raise ValueError(f"alignment encoder_depth {depth} is outside the backbone's blocks "
+                             f"1..{self.backbone.num_blocks}")
+        width = getattr(getattr(self.alignment, "projectors", None), "hidden_size", None)
+        if width is not None and width != self.backbone.token_width(depth):
+            raise ValueError(f"the alignment projects tokens of width {width}, but the backbone's tokens after block "
+                             f"{depth} have width {self.backbone.token_width(depth)}: set repa.hidden_size to it")
+
+    def _check_run(self, acc: Accelerator, data: LatentCache | LabelledImages) -> int:
+        """Checks that need the data or the world size; returns the per-rank batch."""
+        if self.batch_size % acc.world_size:
+            raise ValueError(f"stage2.batch_size {self.batch_size} is not divisible by the {acc.world_size} ranks")
+        per_rank = self.batch_size // acc.world_size
+        if self.micro_batch_size is not None and per_rank % self.micro_batch_size:
+            raise ValueError(f"the per-rank batch {per_rank} (batch_size {self.batch_size} / {acc.world_size} ranks) "
+                             f"is not divisible by micro_batch_size {self.micro_batch_size}")
+        if self.latents is not None and self.latents.latent_shape != tuple(self.backbone.latent_shape):
+            raise ValueError(f"latent cache {self.latents.path} holds latents {self.latents.latent_shape} but the "
+                             f"backbone takes {tuple(self.backbone.latent_shape)}")
+        if data.num_classes > self.backbone.num_classes:
+            raise ValueError(f"the data has {data.num_classes} classes but the backbone embeds "
+                             f"{self.backbone.num_classes}: set its num_classes")
+        if self.sample_labels and not all(0 <= label < data.num_classes for label in self.sample_labels):
+            raise ValueError(f"stage2.sample_labels {self.sample_labels} must be classes of the data, "
+                             f"0..{data.num_classes - 1}")
+        if self.latents is not None and self.autoencoder is not None:
+            self.latents.check_autoencoder(self.autoencoder)
+        return per_rank
+
+    # ---- training ----
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        acc = ctx.accelerator
+        data = self.latents if self.latents is not None else self.dataset
+        if self.latents is not None:
+            self.latents.prepare()
+        per_rank = self._check_run(acc, data)
+
+        backbone = self.backbone.to(acc.device).train()
+        drop_labels = BatchLabelDropout(backbone)
+        autoencoder = (self.autoencoder.to(acc.device).train(self.stochastic_encode)
+                       if self.autoencoder is not None else None)
+        alignment = self.alignment.to(acc.device).train() if self.alignment is not None else None
+        denoiser = Denoiser(backbone, alignment)
+        ddp = None
+        if acc.distributed:  # DDP broadcasts rank 0's weights here, before the EMA copies them
+            device_ids = [acc.device.index] if acc.device.type == "cuda" else None
+            ddp = DistributedDataParallel(denoiser, device_ids=device_ids, broadcast_buffers=False)
+        ema = EMA(backbone, self.ema_decay)
+        step_module = ddp if ddp is not None else denoiser
+        if self.compile:
+            step_module = torch.compile(step_module)
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        optimizer = make_adamw(params, self.lr, self.betas, self.weight_decay, self.adam_eps)
+
+        stream = DataStream(data, per_rank, acc, seed=ctx.seed, shuffle=True, num_workers=self.num_workers)
+        per_epoch = stream.batches_per_epoch
+        total_steps = _pick(*self.total, per_epoch, None)
+        scheduler = make_scheduler(optimizer, self.lr_schedule, _pick(*self.warmup, per_epoch, 0),
+                                   _pick(*self.decay_end, per_epoch, total_steps), self.final_lr)
+        scaler = torch.amp.GradScaler(acc.device.type) if acc.precision == "fp16" else None
+        state: dict[str, Any] = {"backbone": backbone, "ema": ema, "optimizer": optimizer,
+                                 "scheduler": scheduler, "data": stream}
+        if alignment is not None:
+            state["alignment"] = TrainableParameters(alignment)
+        if scaler is not None:
+            state["scaler"] = scaler
+        session = TrainingSession(ctx, state, total_steps, self.log_every,
+                                  _pick(*self.checkpoint_every, per_epoch, 5000),
+                                  self.keep_checkpoints)
+        session.resume()
+        ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
+                     self.batch_size, per_rank, per_epoch)
+        grid = self._sample_grid(ctx, data.num_classes)
+
+        while not session.done:
+            x, y = to_device(next(stream), acc.device)
+            images = x if self.latents is None else None
+            x0 = self._encode(autoencoder, x, acc) if images is not None else x.float()
+            point = self.transport.draw(x0)
+            batch = (point.x0, point.noise, point.t, point.x_t, drop_labels(y))
+            if alignment is not None:
+                batch += (images,)
+            metrics = accumulate_gradients(
+                lambda mb: self._loss(step_module, mb), split_batch(batch, self.micro_batch_size), acc,
+                ddp_module=ddp, scaler=scaler,
+            )
+            metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip, scaler)
+            scheduler.step()
+            ema.update(backbone)
+            session.end_step(metrics, images=self.batch_size,
+                             scalars={"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(data)})
+            if grid is not None and (session.step % self.sample_every == 0 or session.done):
+                grid.log(ema.model, acc, ctx.tracker, session.step)
+
+        ema_path = ctx.run_dir / EMA_FILE
+        if acc.is_main:
+            atomic_save(ema.model.state_dict(), ema_path)
+        acc.barrier()
+        summary = {"steps": session.step, "images": session.images, "ema": str(ema_path)}
+        return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
+
+    def _loss(self, module: nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch's mean loss: diffusion (+ the weighted alignment), each also as a metric."""
+        x0, noise, t, x_t, y, *images = mb
+        out, align, parts = module(x_t, t, y, *images)
+        diffusion = self.transport.loss(out, TrainingPoint(x0, noise, t, x_t)).mean()
+        metrics = {"loss/diffusion": diffusion.detach()}
+        if align is None:
+            return diffusion, metrics
+        metrics["loss/alignment"] = parts["align_loss"]
+        return diffusion + align, metrics
+
+    @torch.no_grad()
+    def _encode(self, autoencoder: nn.Module, images: torch.Tensor, acc: Accelerator) -> torch.Tensor:
+        """Images -> float32 latents, in chunks of the micro-batch (the encoder's memory is that of a forward)."""
+        chunks = images.split(self.micro_batch_size or images.shape[0])
+        with acc.autocast():
+            return torch.cat([autoencoder.encode(chunk).float() for chunk in chunks])
+
+    def _sample_grid(self, ctx: RunContext, num_classes: int) -> SampleGrid | None:
+        if self.autoencoder is None or self.sample_every <= 0 or not ctx.accelerator.is_main:
+            if self.autoencoder is None and ctx.accelerator.is_main:
+                ctx.log.info("stage2: no autoencoder given, so no sample grids")
+            return None
+        labels = self.sample_labels or [(i * num_classes) // 8 for i in range(8)]
+        return SampleGrid(self.transport, self.autoencoder, tuple(self.backbone.latent_shape), labels,
+                          self.sample_steps, ctx.accelerator.device, ctx.seed)
