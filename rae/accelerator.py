@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -75,16 +76,36 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def collective_timeout() -> timedelta:
+    """How long a collective waits for a silent rank before the job fails (``RAE_DIST_TIMEOUT_S``,
+    default 600 s): a dead or stuck rank ends the job in bounded time instead of hanging it."""
+    return timedelta(seconds=float(os.environ.get("RAE_DIST_TIMEOUT_S", 600)))
+
+
 def make_accelerator(device: str | None = None, precision: str = "fp32") -> Accelerator:
-    """Build the context from torchrun's environment variables (rank 0 of 1 without them)."""
+    """Build the context from torchrun's environment variables (rank 0 of 1 without them).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this joins the process group: NCCL on GPUs, gloo on CPUs,
+    with torchrun's rendezvous (``MASTER_ADDR``/``MASTER_PORT``) and ``collective_timeout()``.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = torch.device(device) if device else default_device()
     if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(
-        device=dev,
-        precision=precision,
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world_size,
+                                             timeout=collective_timeout())
+    return Accelerator(device=dev, precision=precision, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def release(accelerator: Accelerator) -> None:
+    """Leave the process group the accelerator joined (a clean exit for every rank)."""
+    if accelerator.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

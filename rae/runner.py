@@ -22,7 +22,7 @@ import gin
 import torch
 
 from rae import plugins
-from rae.accelerator import make_accelerator
+from rae.accelerator import make_accelerator, release
 from rae.config_errors import ConfigError, raise_as_config_error
 from rae.experiments.base import Experiment, RunContext, count_parameters, seed_everything
 from rae.registry import REGISTRIES
@@ -235,6 +235,7 @@ def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str,
         raise
     finally:
         tracker.close(error)
+        release(accelerator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
