@@ -1,4 +1,5 @@
-"""Pretrained weights are loaded apart from construction, so architectures build offline.
+"""Pretrained weights are loaded apart from construction, so architectures build offline;
+and the reading of weight files, with a full report of mismatched keys.
 
 A module that holds pretrained parts implements `Pretrained.load_pretrained`; the
 runner calls it for every such module before an experiment runs, never in a dry run.
@@ -7,8 +8,15 @@ from __future__ import annotations
 
 import abc
 import logging
+from pathlib import Path
+from typing import Iterable
 
+import torch
+from safetensors.torch import load_file
 from torch import nn
+
+# Training checkpoints wrap the weights; the EMA copy is the one meant for use.
+WRAPPERS = ("ema", "model")
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -41,3 +49,45 @@ def missing_weights(what: str, tried: str, how: str, allow_random: bool, log: lo
             "(or set `run.allow_random_weights = True` to run with random weights, for tests only)"
         )
     log.warning("RANDOM WEIGHTS for %s: tried %s; allowed by run.allow_random_weights", what, tried)
+
+class StateDictMismatch(RuntimeError):
+    """A checkpoint does not fit a module: lists every missing and unexpected key."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``torch.save`` file (weights only), opening {"ema"|"model": ...}."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
+        state = state[wrapper] if wrapper else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path}: expected a state dict (name -> tensor), optionally under 'ema' or 'model'; "
+            f"got {type(state).__name__} with keys {list(state)[:5] if isinstance(state, dict) else []}"
+        )
+    return state
+
+
+def first_existing(candidates: Iterable[str | Path | None]) -> Path | None:
+    """The first candidate path that is an existing file."""
+    for candidate in candidates:
+        if candidate is not None and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
+    """Copy ``state`` into ``module``; any missing or unexpected key (or shape) raises with the full lists."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise StateDictMismatch(f"{what} from {source}: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise StateDictMismatch(
+            f"{what} from {source} does not match the model: "
+            f"missing keys {result.missing_keys}; unexpected keys {result.unexpected_keys}"
+        )

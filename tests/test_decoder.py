@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rae.autoencoder  # noqa: F401  (registers @autoencoder.rae, bound by the gin fragments)
-from rae.autoencoder.weight_files import StateDictMismatch, load_checked, read_state_dict
+from rae.weights import StateDictMismatch, load_checked, read_state_dict
 from rae.decoders.release import convert_release_state_dict
 from rae.decoders.vit import VIT_SIZES, ViTDecoder
 from rae.registry import DECODERS

@@ -2,12 +2,22 @@
 import math
 from pathlib import Path
 
-import gin
 import pytest
 import torch
 
+import gin
 from rae.registry import LOSSES, PATHS, TIME_SCHEDULES
-from rae.transport import GVPPath, LinearPath, LogitNormal, Transport, Uniform, VPPath, dimension_shift, shift_time
+from rae.sampling.time_grid import time_grid
+from rae.transport import (
+    GVPPath,
+    LinearPath,
+    LogitNormal,
+    Transport,
+    Uniform,
+    VPPath,
+    dimension_shift,
+    shift_time,
+)
 from rae.transport.predictions import PREDICTIONS, convert, target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +222,8 @@ def test_transport_shift_and_sampling_grid():
     transport = Transport(shift_base_dim=4096)
     assert transport.shift((768, 16, 16)) == pytest.approx(math.sqrt(48))
     assert Transport(time_shift=2.0).shift((768, 16, 16)) == 2.0 and Transport().shift((768, 16, 16)) == 1.0
-    grid = Transport(time_shift=2.0).sampling_times(5, (8, 4, 4))
-    plain = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    grid = time_grid(5, Transport(time_shift=2.0).shift((8, 4, 4)))
+    plain = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
     assert torch.allclose(grid, 2 * plain / (1 + plain))
 
 

@@ -13,12 +13,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rae.autoencoder.weight_files import load_checked, read_state_dict
 from rae.decoders.base import Decoder
 from rae.encoders.base import Encoder
 from rae.encoders.tokens import tokens_to_latent
 from rae.registry import AUTOENCODERS
-from rae.weights import Pretrained, missing_weights
+from rae.weights import Pretrained, load_checked, missing_weights, read_state_dict
 
 RELEASE_HINT = (
     "RAE's released files are on the Hugging Face hub, repo nyu-visionx/RAE-collections "

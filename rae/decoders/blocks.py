@@ -16,8 +16,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = GeluMLP(dim, mlp_hidden)
-        self.mlp.act = nn.GELU()  # ViT-MAE's "gelu" is the exact (erf) GELU, not the tanh one of DiT
+        self.mlp = GeluMLP(dim, mlp_hidden, approximate="none")  # ViT-MAE's "gelu" is the exact (erf) one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

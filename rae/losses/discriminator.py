@@ -20,10 +20,15 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from torch.nn import functional as F
 
-from rae.autoencoder.weight_files import first_existing, load_checked, read_state_dict
 from rae.losses.disc_heads import DiscHead
 from rae.registry import LOSSES
-from rae.weights import Pretrained, missing_weights
+from rae.weights import (
+    Pretrained,
+    first_existing,
+    load_checked,
+    missing_weights,
+    read_state_dict,
+)
 
 
 @LOSSES.register("dino_disc")

@@ -10,9 +10,14 @@ import lpips
 import torch
 from torch import nn
 
-from rae.autoencoder.weight_files import first_existing, load_checked, read_state_dict
 from rae.registry import LOSSES
-from rae.weights import Pretrained, missing_weights
+from rae.weights import (
+    Pretrained,
+    first_existing,
+    load_checked,
+    missing_weights,
+    read_state_dict,
+)
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"

@@ -22,12 +22,12 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """fc2(gelu_tanh(fc1 x)); key names as timm's ``Mlp``."""
+    """fc2(gelu(fc1 x)); key names as timm's ``Mlp``. DiT uses the tanh GELU, ViT-MAE the exact one."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, approximate: str = "tanh") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=approximate)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

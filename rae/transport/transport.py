@@ -5,7 +5,7 @@ Training (one call, or two for REPA, which also needs the backbone's tokens):
     out = model(point.x_t, point.t, y)                       # or (out, tokens) with return_tokens_at
     loss = transport.loss(out, point)                        # (B,) per-sample loss
 Sampling: ``transport.velocity(out, x_t, t)`` turns any prediction into dx/dt, and
-``transport.sampling_times`` gives RAE's shifted grid from noise (t = 1) to data (t = 0).
+Samplers build their shifted grid with ``rae.sampling.time_grid`` and ``transport.shift``.
 """
 from __future__ import annotations
 
@@ -101,12 +101,6 @@ class Transport:
         """n training times: schedule draw -> shift -> [t_min, t_max]."""
         u = self.time_schedule.sample(n, generator=generator, device=device)
         return self.t_min + (self.t_max - self.t_min) * shift_time(u, self.shift(latent_shape))
-
-    def sampling_times(self, num_points: int, latent_shape: Sequence[int],
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        """RAE's sampling grid: shift(1 - linspace(0, 1, num_points)), from noise to data."""
-        grid = 1 - torch.linspace(0, 1, num_points, device=device)
-        return shift_time(grid, self.shift(latent_shape))
 
     # ---- training ----
 
