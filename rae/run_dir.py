@@ -44,8 +44,8 @@ class RunFolder:
         self.write_text(DONE_FILE, time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def open_run_folder(root: str, name: str, config_text: str, new: bool = False) -> RunFolder:
-    """The folder to run in: the newest unfinished one with this exact config, or a new one."""
+def choose_run_folder(root: str, name: str, config_text: str, new: bool = False) -> RunFolder:
+    """The folder to run in, not yet created: the newest unfinished one with this exact config, or a new one."""
     base = Path(root) / name
     if not new and base.is_dir():
         for candidate in sorted((p for p in base.iterdir() if p.is_dir()), reverse=True):
@@ -59,7 +59,17 @@ def open_run_folder(root: str, name: str, config_text: str, new: bool = False) -
     while path.exists():
         path = base / f"{stamp}-{suffix}"
         suffix += 1
-    path.mkdir(parents=True)
-    folder = RunFolder(path, f"{name}/{path.name}", resumed=False)
-    folder.write_text(CONFIG_FILE, config_text)
+    return RunFolder(path, f"{name}/{path.name}", resumed=False)
+
+
+def create_run_folder(folder: RunFolder, config_text: str) -> RunFolder:
+    """Make a new folder and write its config; a resumed folder is left as it is."""
+    if not folder.resumed:
+        folder.path.mkdir(parents=True)
+        folder.write_text(CONFIG_FILE, config_text)
     return folder
+
+
+def open_run_folder(root: str, name: str, config_text: str, new: bool = False) -> RunFolder:
+    """`choose_run_folder`, then `create_run_folder`."""
+    return create_run_folder(choose_run_folder(root, name, config_text, new), config_text)

@@ -26,7 +26,8 @@ from rae.accelerator import make_accelerator, release
 from rae.config_errors import ConfigError, raise_as_config_error
 from rae.experiments.base import Experiment, RunContext, count_parameters, seed_everything
 from rae.registry import REGISTRIES
-from rae.run_dir import RunFolder, open_run_folder
+from rae.run_dir import RunFolder, choose_run_folder, create_run_folder
+from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable
 from rae.tracking.tracker import Tracker
@@ -167,16 +168,24 @@ def _finalize(source: str, fill_required: bool) -> list[str]:
             unset.append(key)
 
 
+gin.register("run_file")(RunFile)
+
+
+def _bound(key: str, default: Any) -> Any:
+    """A value bound in the parsed config, or the configurable's default."""
+    try:
+        return gin.query_parameter(key)
+    except ValueError:
+        return default
+
+
 def build_spec(source: str) -> RunSpec:
     """Call the root configurable; gin errors during construction become config errors.
 
     The global RNG is seeded with ``run.seed`` first, so freshly initialised weights are the
     same on every rank and in every rerun of the config.
     """
-    try:
-        torch.manual_seed(gin.query_parameter("run.seed"))
-    except ValueError:
-        torch.manual_seed(0)
+    torch.manual_seed(_bound("run.seed", 0))
     try:
         return run_spec()
     except Exception as exc:
@@ -239,8 +248,15 @@ def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit code is 0 done, 2 configuration error, 1 failure while running."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    try:
+        return _run_command(parse_args(argv))
+    finally:
+        set_run_root(None)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         import_plugins(args.imports)
         if args.list:
@@ -250,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("no experiment given: pass --gin experiments/<name>.gin")
         unset = parse_gin(args.gin, args.gin_param, fill_required=args.dry_run)
         source = ", ".join(args.gin)
+        # The folder is chosen (not made) before building, so `@run_file()` paths resolve in it.
+        stem = Path(args.gin[-1]).stem
+        folder = choose_run_folder(_bound("run.run_root", "runs"), _bound("run.name", None) or stem,
+                                   gin.config_str(), new=args.new_run)
+        set_run_root(folder.path)
         with torch.device("meta") if args.dry_run else contextlib.nullcontext():
             spec = build_spec(source)
         if args.dry_run:
@@ -261,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
-    stem = Path(args.gin[-1]).stem
-    folder = open_run_folder(spec.run_root, spec.name or stem, gin.config_str(), new=args.new_run)
+    create_run_folder(folder, gin.config_str())
     start = time.time()
     try:
         summary = execute(spec, folder, experiment_name=stem)
@@ -276,4 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"done in {time.time() - start:.0f}s; run folder: {folder.path}")
     for key, value in (summary or {}).items():
         print(f"  {key}: {value}")
+    if spec.tracker is None:
+        print(f"compare runs in the Aim UI: aim up --repo {spec.run_root}")
     return 0

@@ -1,0 +1,89 @@
+"""A pipeline: experiments run one after another in subfolders of one run, each reading what the
+earlier ones wrote (through ``@run_file()`` paths), as the quickstart chains stats -> stage 1 ->
+cache -> stage 2 -> samples -> metrics.
+
+Rerunning an interrupted pipeline skips finished stages and resumes the unfinished one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from rae.experiments.base import Experiment, RunContext, seed_everything
+from rae.registry import EXPERIMENTS
+from rae.tracking.prefixed import PrefixedTracker
+
+STAGE_DONE = "STAGE_DONE.json"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@EXPERIMENTS.register("pipeline")
+class Pipeline(Experiment):
+    """``stages``: {name: experiment}, run in order, each in ``<run folder>/<name>/``.
+
+    Every stage logs into the pipeline's tracker run under ``<name>/`` and loads its weights just
+    before it runs (a later stage's weights are files an earlier stage writes).
+    """
+
+    kind = "pipeline"
+
+    def __init__(self, stages: dict[str, Experiment]) -> None:
+        if not stages:
+            raise ValueError("pipeline.stages is empty; expected {name: @experiment.<kind>(), ...}")
+        for name, stage in stages.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"pipeline.stages: stage name {name!r} must be a folder name (letters, digits, _ . -)")
+            if not isinstance(stage, Experiment):
+                raise ValueError(f"pipeline.stages[{name!r}] must be an experiment (@experiment.<kind>()), "
+                                 f"got {type(stage).__name__}")
+        self.stages = dict(stages)
+
+    def models(self) -> dict[str, nn.Module]:
+        return {f"{name}.{model_name}": model for name, stage in self.stages.items()
+                for model_name, model in stage.models().items()}
+
+    def latent_shape(self) -> tuple[int, ...] | None:
+        return next((shape for stage in self.stages.values() if (shape := stage.latent_shape())), None)
+
+    def tags(self) -> list[str]:
+        tags = [self.kind]
+        for stage in self.stages.values():
+            tags += [tag for tag in stage.tags() if tag not in tags]
+        return tags
+
+    def load_weights(self, allow_random: bool, log: logging.Logger) -> None:
+        """Nothing up front: each stage loads its weights when its turn comes."""
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        for name, stage in self.stages.items():
+            folder = ctx.run_dir / name
+            marker = folder / STAGE_DONE
+            if marker.exists():
+                ctx.log.info("pipeline: stage %s already finished, skipping", name)
+                result = json.loads(marker.read_text())
+            else:
+                ctx.log.info("pipeline: stage %s (%s) in %s", name, stage.kind, folder)
+                folder.mkdir(parents=True, exist_ok=True)
+                seed_everything(ctx.seed, ctx.accelerator.rank)
+                stage.load_weights(ctx.allow_random_weights, ctx.log)
+                result = stage.run(replace(ctx, run_dir=folder, tracker=PrefixedTracker(ctx.tracker, name)))
+                result = {key: _plain(value) for key, value in (result or {}).items()}
+                if ctx.accelerator.is_main:
+                    tmp = marker.with_name(marker.name + ".tmp")
+                    tmp.write_text(json.dumps(result, indent=1))
+                    os.replace(tmp, marker)
+                ctx.accelerator.barrier()
+            summary |= {f"{name}.{key}": value for key, value in result.items()}
+        return summary
+
+
+def _plain(value: Any) -> Any:
+    """A summary value as JSON holds it: numbers and strings as they are, anything else as text."""
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
