@@ -18,13 +18,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import gin
 import torch
 
+import gin
 from rae import plugins
 from rae.accelerator import make_accelerator, release
 from rae.config_errors import ConfigError, raise_as_config_error
-from rae.experiments.base import Experiment, RunContext, count_parameters, seed_everything
+from rae.experiments.base import (
+    Experiment,
+    RunContext,
+    count_parameters,
+    seed_everything,
+)
 from rae.registry import REGISTRIES
 from rae.run_dir import RunFolder, choose_run_folder, create_run_folder
 from rae.run_file import RunFile, set_run_root
