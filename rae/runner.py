@@ -22,7 +22,7 @@ import torch
 
 import gin
 from rae import plugins
-from rae.accelerator import make_accelerator, release
+from rae.accelerator import Accelerator, make_accelerator, release
 from rae.config_errors import ConfigError, raise_as_config_error
 from rae.experiments.base import (
     Experiment,
@@ -222,9 +222,11 @@ def describe(spec: RunSpec) -> str:
     return "\n".join(lines)
 
 
-def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str, Any]:
-    """Run an experiment in its folder under a tracker; the tracker is closed as failed on error."""
-    accelerator = make_accelerator(spec.device, spec.precision)
+def execute(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, experiment_name: str) -> dict[str, Any]:
+    """Run an experiment in its folder under a tracker; the tracker is closed as failed on error.
+
+    Only the main rank opens a tracker and writes the folder's files; every rank runs.
+    """
     tracker: Tracker = Tracker()
     if accelerator.is_main:
         make_tracker = spec.tracker or partial(AimTracker, repo=spec.run_root)
@@ -240,28 +242,48 @@ def execute(spec: RunSpec, folder: RunFolder, experiment_name: str) -> dict[str,
         ctx = RunContext(accelerator, tracker, folder.path, spec.seed, spec.allow_random_weights, log)
         spec.experiment.load_weights(spec.allow_random_weights, log)
         summary = spec.experiment.run(ctx)
-        folder.write_text("operative_config.gin", gin.operative_config_str())
         tracker.log_text("operative_config", gin.operative_config_str())
-        folder.mark_done()
+        if accelerator.is_main:
+            folder.write_text("operative_config.gin", gin.operative_config_str())
+            folder.mark_done()
         return summary
     except BaseException as exc:
         error = exc
         raise
     finally:
         tracker.close(error)
-        release(accelerator)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit code is 0 done, 2 configuration error, 1 failure while running."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    accelerators: list[Accelerator] = []
     try:
-        return _run_command(parse_args(argv))
+        return _run_command(parse_args(argv), accelerators)
     finally:
         set_run_root(None)
+        for accelerator in accelerators:
+            release(accelerator)
 
 
-def _run_command(args: argparse.Namespace) -> int:
+def _accelerator() -> Accelerator:
+    """The run's accelerator (under torchrun this joins the process group)."""
+    try:
+        return make_accelerator(_bound("run.device", None), _bound("run.precision", "fp32"))
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"run.device / run.precision: {exc}") from exc
+
+
+def _agree_on_folder(accelerator: Accelerator | None, choose: Callable[[], RunFolder]) -> RunFolder:
+    """Rank 0 chooses the run folder and tells the others, so all ranks run in one folder."""
+    if accelerator is None or not accelerator.distributed:
+        return choose()
+    box = [choose() if accelerator.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> int:
     try:
         import_plugins(args.imports)
         if args.list:
@@ -271,10 +293,13 @@ def _run_command(args: argparse.Namespace) -> int:
             raise ConfigError("no experiment given: pass --gin experiments/<name>.gin")
         unset = parse_gin(args.gin, args.gin_param, fill_required=args.dry_run)
         source = ", ".join(args.gin)
+        accelerator = None if args.dry_run else _accelerator()
+        if accelerator is not None:
+            accelerators.append(accelerator)
         # The folder is chosen (not made) before building, so `@run_file()` paths resolve in it.
         stem = Path(args.gin[-1]).stem
-        folder = choose_run_folder(_bound("run.run_root", "runs"), _bound("run.name", None) or stem,
-                                   gin.config_str(), new=args.new_run)
+        folder = _agree_on_folder(accelerator, lambda: choose_run_folder(
+            _bound("run.run_root", "runs"), _bound("run.name", None) or stem, gin.config_str(), new=args.new_run))
         set_run_root(folder.path)
         with torch.device("meta") if args.dry_run else contextlib.nullcontext():
             spec = build_spec(source)
@@ -287,10 +312,12 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
-    create_run_folder(folder, gin.config_str())
+    if accelerator.is_main:
+        create_run_folder(folder, gin.config_str())
+    accelerator.barrier()
     start = time.time()
     try:
-        summary = execute(spec, folder, experiment_name=stem)
+        summary = execute(spec, folder, accelerator, experiment_name=stem)
     except (WeightsNotFound, TrackerUnavailable) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from rae.transport import (
     shift_time,
 )
 from rae.transport.predictions import PREDICTIONS, convert, target
+from rae.transport.schedules import ArctanLogNormal
 
 ROOT = Path(__file__).resolve().parent.parent
 F64 = torch.float64
@@ -259,6 +260,45 @@ def test_uniform_schedule_and_shifted_training_times():
 def test_logit_normal_rejects_bad_std():
     with pytest.raises(ValueError, match="std must be positive"):
         LogitNormal(0.0, 0.0)
+    with pytest.raises(ValueError, match="arctan_log_normal std must be positive"):
+        ArctanLogNormal(0.0, -1.0)
+
+
+def test_arctan_log_normal_is_repas_cosine_lognormal():
+    """REPA's loss.py, --path-type cosine --weighting lognormal: sigma = exp(P_std z + P_mean), t = 2/pi atan(sigma)."""
+    mean, std, n = -1.2, 1.2, 20000
+    t = ArctanLogNormal(mean, std).sample(n, torch.Generator().manual_seed(0)).double()
+    assert 0 < t.min() and t.max() < 1
+    probs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=F64)
+    z = math.sqrt(2) * torch.erfinv(2 * probs - 1)
+    analytic = 2 / math.pi * torch.atan(torch.exp(z * std + mean))  # quantiles of REPA's formula
+    assert torch.allclose(torch.quantile(t, probs), analytic, atol=0.01)
+    assert analytic[2].item() == pytest.approx(0.18624, abs=1e-4)  # median (2/pi) atan(e^-1.2)
+    ordered = t.sort().values
+    cdf = normal_cdf((torch.log(torch.tan(math.pi / 2 * ordered)) - mean) / std)
+    ks = (torch.arange(1, n + 1, dtype=F64) / n - cdf).abs().max().item()
+    assert ks < 1.63 / math.sqrt(n)  # Kolmogorov-Smirnov at the 1% level
+    # The same draws through the linear path's rule differ: the two paths need their own schedules.
+    linear = LogitNormal(mean, std).sample(n, torch.Generator().manual_seed(0)).double()
+    assert (torch.quantile(linear, 0.5) - torch.quantile(t, 0.5)).abs() > 0.03
+
+
+@pytest.mark.parametrize("fragment, path, schedule", [
+    ("transport_linear_lognormal.gin", LinearPath, LogitNormal),
+    ("transport_cosine_lognormal.gin", GVPPath, ArctanLogNormal),
+])
+def test_repa_lognormal_fragments(fragment, path, schedule):
+    gin.clear_config()
+    try:
+        gin.add_config_file_search_path(str(ROOT / "gin"))
+        gin.parse_config_file(str(ROOT / "gin" / "repa" / fragment))
+        transport = gin.get_configurable("loss.transport")()
+    finally:
+        gin.clear_config()
+    assert isinstance(transport.path, path) and transport.prediction == "velocity"
+    assert type(transport.time_schedule) is schedule
+    assert (transport.time_schedule.mean, transport.time_schedule.std) == (-1.2, 1.2)
+    assert transport.loss_weight == "none" and transport.shift((4, 32, 32)) == 1.0
 
 
 # ---- gin ----

@@ -4,7 +4,8 @@ Data: a latent cache (``latents = @dataset.latent_cache()``; the encoder never r
 (``dataset = ...``) encoded on the fly by ``autoencoder``, which REPA's alignment needs (its
 target encoders see the images). One optimiser step:
   1. this rank's share of the global batch -> latents x0 (encoded without gradient from images);
-  2. t, noise and label dropout drawn once for the whole batch, so that any split into
+  2. t, noise and label dropout drawn once for the whole global batch (`GlobalBatchDraws`), so
+     that any number of ranks and any split into
      micro-batches computes exactly the gradient of the whole batch;
   3. per micro-batch: backbone(x_t, t, y) -> transport loss [+ proj_coeff * alignment loss of the
      tokens after block ``alignment.encoder_depth``], backward weighted by its share;
@@ -18,12 +19,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from rae.accelerator import Accelerator
 from rae.backbones.base import Backbone
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
+from rae.data.loader import mix_seed
 from rae.experiments.base import Experiment, RunContext
 from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
@@ -31,6 +32,7 @@ from rae.sampling.guidance import NoGuidance
 from rae.tracking.tracker import Tracker
 from rae.train.checkpoint import atomic_save
 from rae.train.data_stream import DataStream, to_device
+from rae.train.distributed import STRATEGIES, wrap_for_training
 from rae.train.ema import EMA
 from rae.train.optim import make_adamw, make_scheduler
 from rae.train.session import TrainingSession
@@ -77,8 +79,40 @@ class BatchLabelDropout:
         self.embedder = backbone.y_embedder
         self.embedder.train(False)
 
-    def __call__(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embedder.drop(labels) if self.embedder.dropout_prob > 0 else labels
+    def __call__(self, labels: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """Drop each label where ``uniform`` (drawn here when not given) is below the probability."""
+        if self.embedder.dropout_prob <= 0:
+            return labels
+        if uniform is None:
+            return self.embedder.drop(labels)
+        return torch.where(uniform < self.embedder.dropout_prob, torch.full_like(labels, self.embedder.null_label),
+                           labels)
+
+
+class GlobalBatchDraws:
+    """t, noise and label-dropout draws of the whole global batch; this rank keeps its own rows.
+
+    They come from a generator seeded by (seed, step): the same on every rank and after a resume,
+    with no state to checkpoint. The data sampler gives rank r the samples at positions r, r + W,
+    ... of the global batch (W ranks), so taking those rows draws for every sample exactly what one
+    process would: any number of ranks trains as one process with the same global batch.
+    """
+
+    def __init__(self, transport: Transport, drop_labels: BatchLabelDropout, seed: int, accelerator: Accelerator,
+                 global_batch: int) -> None:
+        self.transport = transport
+        self.drop_labels = drop_labels
+        self.seed = seed
+        self.rows = slice(accelerator.rank, None, accelerator.world_size)
+        self.global_batch = global_batch
+
+    def __call__(self, x0: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
+        generator = torch.Generator(x0.device).manual_seed(mix_seed(self.seed, step))
+        shape, n = x0.shape[1:], self.global_batch
+        t = self.transport.sample_time(n, shape, generator=generator, device=x0.device)[self.rows]
+        noise = torch.randn((n, *shape), generator=generator, device=x0.device, dtype=x0.dtype)[self.rows]
+        uniform = torch.rand(n, generator=generator, device=x0.device)[self.rows]
+        return self.transport.point(x0, noise, t), self.drop_labels(labels, uniform)
 
 
 class TrainableParameters:
@@ -167,6 +201,9 @@ class Stage2(Experiment):
       stochastic_encode: encode with the autoencoder in training mode (SD-VAE: a fresh posterior
         sample every step, as REPA); off, RAE latents are clean (its training noise is for decoders).
       compile: ``torch.compile`` the step's module (the EMA is built from the uncompiled one).
+      parallel: under torchrun, "ddp" (replicated weights, all-reduced gradients). "fsdp" (FSDP2
+        sharding, `rae.train.distributed`) is refused for now: checkpoints and the EMA need full
+        state dicts gathered on every rank, which the session does not do yet (docs/distributed.md).
       num_workers: data-loading processes per rank.
       log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
       sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
@@ -201,6 +238,7 @@ class Stage2(Experiment):
         ema_decay: float = 0.9995,
         stochastic_encode: bool = False,
         compile: bool = False,
+        parallel: str = "ddp",
         num_workers: int = 4,
         log_every: int = 100,
         checkpoint_every: int | None = None,
@@ -222,6 +260,11 @@ class Stage2(Experiment):
             raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
         if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
             raise ValueError(f"stage2: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
+        if parallel not in STRATEGIES:
+            raise ValueError(f"stage2.parallel must be one of {STRATEGIES}, got {parallel!r}")
+        if parallel == "fsdp":
+            raise ValueError("stage2.parallel = 'fsdp' is not supported yet: its checkpoints and EMA need the full "
+                             "state dicts gathered on every rank (see docs/distributed.md); use 'ddp'")
         if total_steps is None and total_epochs is None:
             raise ValueError("stage2: set the training length, total_steps or total_epochs")
         _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
@@ -249,6 +292,7 @@ class Stage2(Experiment):
         self.ema_decay = ema_decay
         self.stochastic_encode = stochastic_encode
         self.compile = compile
+        self.parallel = parallel
         self.num_workers = num_workers
         self.log_every = log_every
         self.keep_checkpoints = keep_checkpoints
@@ -321,12 +365,9 @@ class Stage2(Experiment):
                        if self.autoencoder is not None else None)
         alignment = self.alignment.to(acc.device).train() if self.alignment is not None else None
         denoiser = Denoiser(backbone, alignment)
-        ddp = None
-        if acc.distributed:  # DDP broadcasts rank 0's weights here, before the EMA copies them
-            device_ids = [acc.device.index] if acc.device.type == "cuda" else None
-            ddp = DistributedDataParallel(denoiser, device_ids=device_ids, broadcast_buffers=False)
+        # DDP broadcasts rank 0's weights here, before the EMA copies them
+        step_module, grad_sync = wrap_for_training(denoiser, acc, self.parallel)
         ema = EMA(backbone, self.ema_decay)
-        step_module = ddp if ddp is not None else denoiser
         if self.compile:
             step_module = torch.compile(step_module)
         params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -351,18 +392,19 @@ class Stage2(Experiment):
         ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
                      self.batch_size, per_rank, per_epoch)
         grid = self._sample_grid(ctx, data.num_classes)
+        draws = GlobalBatchDraws(self.transport, drop_labels, ctx.seed, acc, self.batch_size)
 
         while not session.done:
             x, y = to_device(next(stream), acc.device)
             images = x if self.latents is None else None
             x0 = self._encode(autoencoder, x, acc) if images is not None else x.float()
-            point = self.transport.draw(x0)
-            batch = (point.x0, point.noise, point.t, point.x_t, drop_labels(y))
+            point, labels = draws(x0, y, session.step + 1)
+            batch = (point.x0, point.noise, point.t, point.x_t, labels)
             if alignment is not None:
                 batch += (images,)
             metrics = accumulate_gradients(
                 lambda mb: self._loss(step_module, mb), split_batch(batch, self.micro_batch_size), acc,
-                ddp_module=ddp, scaler=scaler,
+                ddp_module=grad_sync, scaler=scaler, step=session.step + 1,
             )
             metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip, scaler)
             scheduler.step()

@@ -98,8 +98,19 @@ class TrainingSession:
         if self.step % self.checkpoint_every == 0 or self.done:
             self.save()
 
+    def _mean_over_ranks(self) -> dict[str, float]:
+        """The window's metrics averaged over steps and ranks: every rank logs and checks the same
+        values, so a NaN on any rank stops all of them at the same step instead of hanging the others."""
+        keys = sorted(self._sums)
+        if not self.ctx.accelerator.distributed or not keys:
+            return {k: float(self._sums[k]) / self._window_steps for k in keys}
+        stacked = torch.stack([torch.as_tensor(self._sums[k], dtype=torch.float32) for k in keys])
+        torch.distributed.all_reduce(stacked)
+        stacked /= self.ctx.accelerator.world_size * self._window_steps
+        return dict(zip(keys, stacked.tolist()))
+
     def _log(self, scalars: dict[str, float]) -> None:
-        averaged = {k: float(v) / self._window_steps for k, v in self._sums.items()}
+        averaged = self._mean_over_ranks()
         check_finite(averaged, self.step)
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         averaged["images_per_s"] = self._window_images / elapsed

@@ -22,6 +22,25 @@ class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or Inf; training stops so the last good checkpoint stays the latest."""
 
 
+class StepOutOfMemory(torch.OutOfMemoryError):
+    """Out of memory inside a training step, re-raised with the sizes in use and how to lower them."""
+
+
+def out_of_memory(error: torch.OutOfMemoryError, micro_batches: list[MicroBatch], accelerator: Accelerator,
+                  step: int | None) -> StepOutOfMemory:
+    """The OOM error a user can act on: step, per-rank batch, micro-batch, precision, world size."""
+    per_rank = sum(mb[0].shape[0] for mb in micro_batches)
+    micro = max(mb[0].shape[0] for mb in micro_batches)
+    where = f"step {step}" if step is not None else "a training step"
+    return StepOutOfMemory(
+        f"out of memory on {accelerator.device} (rank {accelerator.rank} of {accelerator.world_size}) in {where}: "
+        f"per-rank batch {per_rank} in micro-batches of {micro}, precision {accelerator.precision}. "
+        "Lower the memory of a forward pass with a smaller micro_batch_size (same results, more passes), "
+        "precision 'bf16' (run.precision), or shard the model over the GPUs with parallel 'fsdp'; "
+        f"or train on more GPUs. ({error})"
+    )
+
+
 def split_batch(batch: Sequence[torch.Tensor], micro_batch_size: int | None) -> list[MicroBatch]:
     """Split tensors that share a leading batch dimension into micro-batches."""
     size = batch[0].shape[0]
@@ -38,12 +57,24 @@ def accumulate_gradients(
     accelerator: Accelerator,
     ddp_module: nn.Module | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    step: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Backward every micro-batch's loss weighted by its share; return share-weighted metrics.
 
     ``loss_fn`` returns the micro-batch's mean loss and detached metrics. Metrics stay on the
-    device (no host sync); DDP gradient all-reduce happens on the last micro-batch only.
+    device (no host sync); DDP gradient all-reduce happens on the last micro-batch only
+    (``ddp_module`` is anything with ``no_sync()``). An out-of-memory error is re-raised as
+    `StepOutOfMemory`, naming ``step`` (the step being computed), the sizes and the precision.
     """
+    try:
+        return _accumulate(loss_fn, micro_batches, accelerator, ddp_module, scaler)
+    except torch.OutOfMemoryError as error:
+        if isinstance(error, StepOutOfMemory):
+            raise
+        raise out_of_memory(error, micro_batches, accelerator, step) from error
+
+
+def _accumulate(loss_fn, micro_batches, accelerator, ddp_module, scaler) -> dict[str, torch.Tensor]:
     total = sum(mb[0].shape[0] for mb in micro_batches)
     metrics: dict[str, torch.Tensor] = {}
     for i, mb in enumerate(micro_batches):

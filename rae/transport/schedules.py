@@ -1,7 +1,9 @@
-"""How training draws t in [0, 1]: uniform, or logit-normal (SD3; RAE's stage 2 with mean 0, std 1)."""
+"""How training draws t in [0, 1]: uniform, logit-normal (SD3; RAE's stage 2 with mean 0, std 1), or
+REPA's log-normal on the cosine path."""
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 
@@ -48,3 +50,23 @@ class LogitNormal(TimeSchedule):
                device: torch.device | str | None = None) -> torch.Tensor:
         z = torch.randn(n, generator=generator, device=_device(generator, device))
         return torch.sigmoid(self.mean + self.std * z)
+
+
+@TIME_SCHEDULES.register("arctan_log_normal")
+class ArctanLogNormal(TimeSchedule):
+    """t = (2 / pi) atan(exp(mean + std z)), z ~ N(0, 1); CDF P(t <= u) = Phi((log tan(pi u / 2) - mean) / std).
+
+    REPA's "lognormal" weighting on its cosine (GVP) path: there sigma_t / alpha_t = tan(pi t / 2) is
+    log-normal, as t / (1 - t) is under ``logit_normal`` on the linear path.
+    """
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        if std <= 0:
+            raise ValueError(f"arctan_log_normal std must be positive, got {std}")
+        self.mean = mean
+        self.std = std
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        z = torch.randn(n, generator=generator, device=_device(generator, device))
+        return torch.atan(torch.exp(self.mean + self.std * z)) * (2 / math.pi)

@@ -1,0 +1,1 @@
+"""Speed measurements of a config's models: images/s, peak memory, FLOPs and MFU (`tools/bench.py`)."""

@@ -1,0 +1,153 @@
+"""`tools/bench.py`: speed of a named config's models as a table and one ``BENCH_JSON`` line.
+
+Exit codes as the runner: 0 done, 2 configuration or argument error (one line, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+
+from rae.accelerator import make_accelerator
+from rae.bench.flops import measure_peak_flops
+from rae.bench.measure import Options, Result, bench_decoder, bench_sample, bench_train
+from rae.bench.models import BenchModels, load_config
+from rae.config_errors import ConfigError
+
+WHATS = ("train", "sample", "decoder", "all")
+JSON_PREFIX = "BENCH_JSON "
+
+
+class BenchError(Exception):
+    """An argument or config that cannot be benchmarked; exits 2 with its message."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tools/bench.py", description=__doc__.splitlines()[0])
+    p.add_argument("--gin", action="append", default=[], metavar="FILE", help="gin file (repeatable)")
+    p.add_argument("--gin_param", action="append", default=[], metavar="BINDING", help="extra binding (repeatable)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--what", default="all", help=f"one of {', '.join(WHATS)}")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup untimed ones)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone / decoder")
+    p.add_argument("--sample_steps", type=int, default=50, help="Euler grid points (sample_steps - 1 evaluations)")
+    p.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale; != 1 doubles the forward batch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument error before anything is built."""
+    if not args.gin:
+        raise BenchError("no config given: pass --gin experiments/<name>.gin")
+    if args.what not in WHATS:
+        raise BenchError(f"--what {args.what!r}: must be one of {', '.join(WHATS)}")
+    if args.precision not in ("fp32", "bf16"):
+        raise BenchError(f"--precision {args.precision!r}: must be fp32 or bf16")
+    for name, least in (("batch_size", 1), ("steps", 1), ("sample_steps", 2)):
+        if getattr(args, name) < least:
+            raise BenchError(f"--{name} {getattr(args, name)}: must be >= {least}")
+    if args.warmup < 0:
+        raise BenchError(f"--warmup {args.warmup}: must be >= 0")
+    if args.device not in (None, "cpu") and not args.device.startswith("cuda"):
+        raise BenchError(f"--device {args.device!r}: must be cpu or cuda[:N]")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {args.device}: no CUDA device is available")
+
+
+def planned(what: str, models: BenchModels) -> list[str]:
+    """The measurements to run; a config lacking the model a measurement needs is an error."""
+    wanted = ["train", "sample", "decoder"] if what == "all" else [what]
+    has = {"train": models.backbone is not None and models.transport is not None,
+           "sample": models.backbone is not None and models.transport is not None,
+           "decoder": models.decoder is not None}
+    if what == "all":
+        wanted = [w for w in wanted if has[w]]
+        if not wanted:
+            raise BenchError("the config has neither a diffusion backbone with a transport nor a decoder")
+    for w in wanted:
+        if not has[w]:
+            need = "a decoder (e.g. an autoencoder with one)" if w == "decoder" else "a backbone and a transport"
+            raise BenchError(f"--what {w}: the config has no {need} to measure")
+    return wanted
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from: device name, torch version, threads."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "cpu": _cpu_model()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def table(results: list[Result], peak_flops: float, header: dict[str, Any]) -> str:
+    """A fixed-width table, one row per measurement."""
+    lines = [" ".join(f"{k}={v}" for k, v in header.items()),
+             f"measured peak matmul rate: {peak_flops / 1e12:.4f} TFLOP/s",
+             (f"{'what':<8} {'batch':>5} {'steps':>5} {'seconds':>9} {'images/s':>10} {'GFLOP/img':>11} "
+              f"{'TFLOP/s':>9} {'MFU':>7} {'peak MiB':>9}  memory measured as")]
+    for r in results:
+        lines.append(f"{r.what:<8} {r.batch_size:>5} {r.steps:>5} {r.seconds:>9.3f} {r.images_per_s:>10.3f} "
+                     f"{r.flops_per_image / 1e9:>11.2f} {r.achieved_flops / 1e12:>9.4f} {r.mfu:>7.1%} "
+                     f"{r.peak_memory_mib:>9.0f}  {r.memory_kind}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, measure, print; returns the JSON record."""
+    check_args(args)
+    models = load_config(args.gin, args.gin_param)
+    wanted = planned(args.what, models)
+    acc = make_accelerator(args.device, args.precision)
+    opt = Options(args.batch_size, args.steps, args.warmup, args.compile, args.sample_steps, args.guidance_scale)
+    peak = measure_peak_flops(acc.device, acc.autocast_dtype)
+    print(f"bench: peak matmul {peak / 1e12:.4f} TFLOP/s in {args.precision}", file=sys.stderr, flush=True)
+    results = []
+    for what in wanted:
+        print(f"bench: measuring {what} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+        if what == "train":
+            results.append(bench_train(models.backbone, models.transport, acc, opt, peak))
+        elif what == "sample":
+            results.append(bench_sample(models.backbone, models.transport, acc, opt, peak))
+        else:
+            results.append(bench_decoder(models.decoder, acc, opt, peak))
+    header = {"config": "+".join(args.gin), "device": str(acc.device), "precision": args.precision,
+              "compile": args.compile, "latent_shape": list(models.latent_shape or [])}
+    print(table(results, peak, header))
+    if models.unset:
+        print("placeholders (not needed for speed): " + ", ".join(models.unset))
+    record = {**header, "gin_params": args.gin_param, "peak_flops": peak, "machine": machine(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "results": {r.what: r.as_dict() for r in results}}
+    print(JSON_PREFIX + json.dumps(record))
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; 0 done, 2 argument or configuration error."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (BenchError, ConfigError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,172 @@
+"""torchrun on CPU (gloo): two ranks train as one process with the same global batch; a dead rank
+ends the job; FSDP2 steps as DDP; an out-of-memory step says what to lower."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from aim import Repo
+
+from rae.accelerator import Accelerator
+from rae.train.checkpoint import Checkpointer
+from rae.train.distributed import transformer_blocks, wrap_for_training
+from rae.train.step import StepOutOfMemory, accumulate_gradients, split_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}",
+            "RAE_DIST_TIMEOUT_S": "60"}
+
+
+def run(command: list[str], run_root: Path, extra_env: dict[str, str] | None = None,
+        *bindings: str) -> subprocess.CompletedProcess:
+    gin = ["--gin", "experiments/stage2_tiny.gin", "--gin_param", f"run.run_root = '{run_root}'",
+           "--gin_param", "stage2.total_steps = 4", "--gin_param", "stage2.log_every = 1",
+           "--gin_param", "stage2.checkpoint_every = 2", "--gin_param", "stage2.sample_every = 0",
+           "--gin_param", "embedded.size = 16"]
+    for binding in bindings:
+        gin += ["--gin_param", binding]
+    return subprocess.run(command + gin, check=False, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=170)
+
+
+def torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "tools/run.py"]
+
+
+def single() -> list[str]:
+    return [sys.executable, "tools/run.py"]
+
+
+def losses(run_root: Path) -> list[list[float]]:
+    """Every Aim run's per-step loss series."""
+    repo = Repo(str(run_root))
+    found = []
+    for run in repo.iter_runs():
+        for metric in run.metrics():
+            if metric.name == "loss":
+                found.append([value for _, (value, *_) in metric.data.items()])
+    return found
+
+
+def run_folders(run_root: Path) -> list[Path]:
+    return [p.parent for p in run_root.rglob("ema.pt")]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_exactly_as_one_process_with_the_same_global_batch(tmp_path):
+    one = run(single(), tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun(2), tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    (loss_one,), (loss_two,) = losses(tmp_path / "one"), losses(tmp_path / "two")  # one Aim run each
+    assert len(loss_one) == 4 and loss_two == pytest.approx(loss_one, rel=1e-5)
+    (folder_one,), (folder_two,) = run_folders(tmp_path / "one"), run_folders(tmp_path / "two")
+    ema_one = torch.load(folder_one / "ema.pt", weights_only=True)
+    ema_two = torch.load(folder_two / "ema.pt", weights_only=True)
+    for key, value in ema_one.items():
+        torch.testing.assert_close(ema_two[key], value, rtol=1e-4, atol=1e-6)
+    state_one = Checkpointer(folder_one / "checkpoints").load_latest()
+    state_two = Checkpointer(folder_two / "checkpoints").load_latest()
+    assert state_one["step"] == state_two["step"] == 4
+    for key, value in state_one["state"]["backbone"].items():
+        torch.testing.assert_close(state_two["state"]["backbone"][key], value, rtol=1e-4, atol=1e-6)
+    assert len(set(loss_one)) == 4  # the weights moved: no step repeats the loss of another
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_ends_the_whole_job_with_an_error_in_bounded_time(tmp_path):
+    start = time.monotonic()
+    result = run(torchrun(2) + ["--import", "plugins_for_tests.dying_rank"], tmp_path,
+                 {"RAE_TEST_DIE_RANK": "1", "RAE_TEST_DIE_AT": "2"})
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 120
+    assert "exitcode  : 17" in result.stderr  # torchrun names the dead rank's exit
+
+
+FSDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch import nn
+from rae.accelerator import make_accelerator
+from rae.train.distributed import wrap_for_training
+from rae.train.step import accumulate_gradients, optimizer_step, split_batch
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.blocks = nn.ModuleList([nn.Linear(16, 16), nn.Linear(16, 16)])
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        for block in self.blocks:
+            x = torch.tanh(block(x))
+        return self.out(x)
+
+torch.set_num_threads(1)
+acc = make_accelerator("cpu")
+torch.manual_seed(acc.rank)  # other weights on every rank: the wrapper must start all from rank 0's
+model = Net()
+module, sync = wrap_for_training(model, acc, sys.argv[1])
+opt = torch.optim.AdamW(module.parameters(), lr=1e-2)
+gen = torch.Generator().manual_seed(1)
+for _ in range(3):
+    x, y = torch.randn(8, 6, generator=gen).chunk(2)[acc.rank], torch.randn(8, 3, generator=gen).chunk(2)[acc.rank]
+    loss = lambda mb: (((module(mb[0]) - mb[1]) ** 2).mean(), {})
+    accumulate_gradients(loss, split_batch((x, y), 2), acc, ddp_module=sync)
+    optimizer_step(opt, module.parameters(), 1.0)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if acc.rank == 0:
+    torch.save(state, sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_on_gloo_trains_as_ddp_with_gradient_accumulation(tmp_path):
+    script = tmp_path / "fsdp_vs_ddp.py"
+    script.write_text(FSDP_SCRIPT)
+    states = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / f"{strategy}.pt"
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 str(script), strategy, str(out)], check=False, cwd=ROOT, env=env(), capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        states[strategy] = torch.load(out, weights_only=True)
+    assert states["fsdp"].keys() == states["ddp"].keys()
+    for key, value in states["ddp"].items():
+        torch.testing.assert_close(states["fsdp"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_one_process_wrapping_is_a_no_op_and_blocks_are_the_shard_units():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ModuleList([torch.nn.Linear(2, 2)] * 2))
+    assert wrap_for_training(model, Accelerator(torch.device("cpu")), "fsdp") == (model, None)
+    assert len(transformer_blocks(model)) == 2
+    with pytest.raises(ValueError, match="one of"):
+        wrap_for_training(model, Accelerator(torch.device("cpu")), "zero3")
+
+
+def test_out_of_memory_in_a_step_names_the_step_sizes_precision_and_what_to_lower():
+    acc = Accelerator(torch.device("cpu"), precision="bf16", rank=1, world_size=4)
+    batch = (torch.zeros(16, 3), torch.zeros(16))
+
+    def loss_fn(mb):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(StepOutOfMemory) as raised:
+        accumulate_gradients(loss_fn, split_batch(batch, 8), acc, step=7)
+    message = str(raised.value)
+    for part in ("step 7", "per-rank batch 16", "micro-batches of 8", "precision bf16", "rank 1 of 4",
+                 "micro_batch_size", "'bf16'", "'fsdp'", "Tried to allocate 2.00 GiB"):
+        assert part in message
+    assert isinstance(raised.value, torch.OutOfMemoryError)
