@@ -80,3 +80,15 @@ def test_a_reference_of_statistics_only_gives_fid_without_precision(tmp_path):
 def test_a_missing_file_names_the_binding(tmp_path, capsys):
     rc, _ = evaluate(tmp_path, tmp_path / "nowhere.npz", images(tmp_path / "ref.npz", seed=0))
     assert rc == 1 and "eval.samples: no such file" in capsys.readouterr().err
+
+
+def test_a_dataset_as_reference_scores_its_own_images_as_zero(tmp_path):
+    from rae.data.embedded import EmbeddedDataset
+    from rae.experiments.image_store import to_uint8
+    data = EmbeddedDataset(size=10, resolution=32)
+    pixels = to_uint8(torch.stack([data[i][0] for i in range(10)])).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "same.npz", arr_0=pixels)
+    rc, scores = evaluate(tmp_path, tmp_path / "same.npz", tmp_path / "unused.npz",
+                          "--gin_param", "eval.reference = @dataset.embedded()",
+                          "--gin_param", "embedded.size = 10", "--gin_param", "embedded.resolution = 32")
+    assert rc == 0 and abs(scores["fid"]) < 1e-3 and scores["precision"] == 1.0

@@ -7,10 +7,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from rae.data.base import LabelledImages
 from rae.experiments.base import Experiment, RunContext
-from rae.metrics.evaluate import evaluate_npz
+from rae.metrics.evaluate import (
+    Reference,
+    features_of_npz,
+    load_reference,
+    sample_metrics,
+)
+from rae.metrics.features import extract_features
+from rae.metrics.frechet import GaussianStats
 from rae.metrics.inception import InceptionV3
 from rae.registry import EXPERIMENTS
 
@@ -19,8 +28,8 @@ METRICS_FILE = "metrics.json"
 
 @EXPERIMENTS.register("eval")
 class Evaluate(Experiment):
-    """Score ``samples`` (uint8 NHWC ``arr_0``) against ``reference`` (ADM's reference batches: images
-    ``arr_0`` and/or statistics ``mu, sigma, mu_s, sigma_s``).
+    """Score ``samples`` (uint8 NHWC ``arr_0``) against ``reference``: an ADM reference batch (images
+    ``arr_0`` and/or statistics ``mu, sigma, mu_s, sigma_s``) or a dataset (e.g. the training data).
 
     ``split`` and ``guidance`` become the metrics' context, so runs line up in the Aim UI
     (e.g. ``fid{split=val, guidance=cfg-1.5}``); ``prefix`` "r" reports reconstructions as rFID.
@@ -32,7 +41,7 @@ class Evaluate(Experiment):
     def __init__(
         self,
         samples: str | os.PathLike,
-        reference: str | os.PathLike,
+        reference: str | os.PathLike | LabelledImages,
         split: str = "val",
         guidance: str = "none",
         prefix: str = "",
@@ -53,23 +62,41 @@ class Evaluate(Experiment):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator
-        for binding, path in (("eval.samples", self.samples), ("eval.reference", self.reference)):
+        files = [("eval.samples", self.samples)]
+        if isinstance(self.reference, (str, os.PathLike)):
+            files.append(("eval.reference", self.reference))
+        for binding, path in files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{binding}: no such file {os.fspath(path)}; expected an ADM-style .npz "
                                         "(uint8 NHWC arr_0; a reference may hold mu, sigma, mu_s, sigma_s instead)")
         metrics: dict[str, Any] = {}
         if acc.is_main:  # one pass over two files: the other ranks have nothing to share
             inception = self.inception.to(acc.device).eval()
-            scores = evaluate_npz(self.samples, self.reference, inception, self.batch_size, acc.device)
+            reference = self._reference(inception, acc.device)
+            samples = features_of_npz(self.samples, inception, self.batch_size, acc.device)
+            scores = sample_metrics(samples, reference, device=acc.device)
             metrics = {f"{self.prefix}{name}": value for name, value in scores.items()}
             for name, value in metrics.items():
                 ctx.tracker.track(name, value, step=0, context=self.context)
             out = ctx.run_dir / METRICS_FILE
             tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps({"samples": os.fspath(self.samples), "reference": os.fspath(self.reference),
+            tmp.write_text(json.dumps({"samples": os.fspath(self.samples), "reference": str(self.reference),
                                        **self.context, **metrics}, indent=1))
             os.replace(tmp, out)
             for name, value in metrics.items():
                 ctx.log.info("eval: %s = %.4f", name, value)
         acc.barrier()
         return metrics
+
+    def _reference(self, inception: InceptionV3, device: Any) -> Reference:
+        if isinstance(self.reference, (str, os.PathLike)):
+            return load_reference(self.reference, inception, self.batch_size, device)
+        features = extract_features(inception, _uint8_batches(self.reference, self.batch_size), device)
+        return Reference(GaussianStats.of(features.pool), GaussianStats.of(features.spatial), features.pool)
+
+
+def _uint8_batches(dataset: LabelledImages, batch_size: int) -> Any:
+    """A dataset's images in [0, 1] as uint8 NHWC batches, quantised as samples are (ADM's rounding)."""
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
