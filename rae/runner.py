@@ -115,10 +115,15 @@ def _package_file_exists(config_path: str) -> bool:
     """gin's check for ``pkg/file.gin`` inside a Python package, minus its crash on namespace
     packages: with the working folder on ``sys.path`` (``--import``), ``experiments/`` is one,
     has no ``__init__`` origin, and gin's own check raises a TypeError instead of "not found"."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # gin logs every miss of its package search as an ERROR
     try:
         return gin.resource_reader.system_path_file_exists(config_path)
     except TypeError:
         return False
+    finally:
+        root.setLevel(level)
 
 
 def _use_safe_package_reader() -> None:

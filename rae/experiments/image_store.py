@@ -1,0 +1,118 @@
+"""Generated or reconstructed images stored by index, one PNG each, so a long run resumes where it stopped.
+
+Each image is ``{index:06d}.png``, written atomically (temporary file + rename), so a PNG that
+exists is complete. Its class label lives in the PNG's own ``label`` text chunk: image and label
+are one file, written in one rename, and survive restarts together. ``pack_npz`` gathers them into
+the ADM evaluation format (``arr_0`` uint8 NHWC, ``arr_1`` int64 labels).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+_NAME = re.compile(r"^(\d{6,})\.png$")
+_LABEL_KEY = "label"
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(file)`` atomically: temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) floats in [0,1] -> uint8 the way ADM does (``(x*255).round().clamp(0,255)``); uint8 passes."""
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise TypeError(f"images must be float in [0,1] or uint8, got {images.dtype}")
+    return (images.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+class ImageStore:
+    """Images by index as PNGs under ``folder`` (``{index:06d}.png``) plus their labels; resumable."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{index:06d}.png"
+
+    def done(self) -> set[int]:
+        """Indices whose PNG exists (complete, since PNGs only appear by atomic rename)."""
+        if not self.folder.is_dir():
+            return set()
+        return {int(m.group(1)) for p in self.folder.iterdir() if (m := _NAME.match(p.name))}
+
+    def write(self, indices: Sequence[int], images: torch.Tensor, labels: Sequence[int] | torch.Tensor) -> None:
+        """Write ``images[k]`` (float [0,1] or uint8, (B,3,H,W)) with ``labels[k]`` as index ``indices[k]``."""
+        labels = [int(v) for v in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
+        if not len(indices) == len(labels) == images.shape[0]:
+            raise ValueError(f"{len(indices)} indices, {len(labels)} labels, {images.shape[0]} images: must match")
+        pixels = to_uint8(images)
+        for index, image, label in zip(indices, pixels, labels):
+            info = PngInfo()
+            info.add_text(_LABEL_KEY, str(label))
+            png = Image.fromarray(_hwc(image))
+            _atomic_write(self.path(int(index)), lambda f, png=png, info=info: png.save(f, format="PNG", pnginfo=info))
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        """The image (H,W,3 uint8) and label stored at ``index``."""
+        with Image.open(self.path(index)) as png:
+            return np.asarray(png.convert("RGB")), int(png.text[_LABEL_KEY])
+
+    def pack_npz(self, path: str | Path, count: int) -> Path:
+        """ADM-style ``.npz`` of indices ``0..count-1`` in order (``arr_0`` uint8 NHWC, ``arr_1`` int64), atomic."""
+        missing = sorted(set(range(count)) - self.done())
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+            raise FileNotFoundError(f"{len(missing)} of {count} images missing in {self.folder}: {shown}")
+        first, _ = self.read(0) if count else (np.zeros((0, 0, 3), np.uint8), 0)
+        images = np.empty((count, *first.shape), dtype=np.uint8)
+        labels = np.empty((count,), dtype=np.int64)
+        for i in range(count):
+            image, labels[i] = self.read(i)
+            if image.shape != first.shape:
+                raise ValueError(f"{self.path(i)} is {image.shape}, index 0 is {first.shape}: sizes differ")
+            images[i] = image
+        buffer = io.BytesIO()
+        np.savez(buffer, arr_0=images, arr_1=labels)
+        return _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+    """A PNG grid of (B,3,H,W) images (float [0,1] or uint8), ``nrow`` per row, 2-pixel white gaps; atomic."""
+    pixels = to_uint8(images)
+    b, _, h, w = pixels.shape
+    rows, pad = -(-b // nrow), 2
+    grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for k, image in enumerate(pixels):
+        top, left = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
+        grid[:, top:top + h, left:left + w] = image
+    png = Image.fromarray(_hwc(grid))
+    return _atomic_write(Path(path), lambda f: png.save(f, format="PNG"))

@@ -1,0 +1,436 @@
+"""`stage1`: train the RAE decoder on a frozen encoder's noised latents (RAE Sec. 3, stage 1).
+
+One optimiser step over this rank's share of the global batch:
+  1. images -> clean latents (frozen encoder, no gradient), then the training noise of the
+     autoencoder (``noise_tau``) and every DiffAugment draw, all drawn once for the whole batch;
+  2. G: per micro-batch, recon = decoder(latents); L1 + lpips_weight * LPIPS backpropagates into
+     ``.grad``; the generator loss -E[D(diffaug(recon))] goes into a separate gradient buffer;
+  3. adaptive weight = ||grad rec|| / ||grad gan|| at ``decoder.last_layer`` from the whole batch's
+     gradients (all ranks), clamped to [0, cap]; grad += weight * disc_weight * gan grad; AdamW, EMA;
+  4. D: hinge loss on diffaug(images) vs diffaug(quantize_8bit(recon)) of the same step's detached
+     reconstructions, per micro-batch; the heads' own AdamW.
+
+Batch equivalence: random draws happen per batch, losses are means weighted by share, the adaptive
+weight uses gradients summed over micro-batches and averaged over ranks (the reference computes it
+per micro-batch and per rank), and the heads' spectral norm does one power iteration per D step
+with the heads in eval mode otherwise (the reference iterates on every discriminator forward, so
+its discriminator depends on how the batch is split).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import parametrize
+
+from rae.accelerator import Accelerator
+from rae.autoencoder.rae import RAE
+from rae.data.base import LabelledImages
+from rae.encoders.tokens import tokens_to_latent
+from rae.experiments.base import Experiment, RunContext, count_parameters
+from rae.experiments.stage2 import _check_either, _pick
+from rae.losses.diffaug import DiffAugment, color, cutout, translate
+from rae.losses.discriminator import DinoDiscriminator
+from rae.losses.gan import hinge_d_loss, quantize_8bit, vanilla_d_loss, vanilla_g_loss
+from rae.losses.perceptual import LPIPS
+from rae.registry import EXPERIMENTS
+from rae.tracking.tracker import Tracker
+from rae.train.checkpoint import atomic_save
+from rae.train.data_stream import DataStream, to_device
+from rae.train.ema import EMA
+from rae.train.optim import make_adamw, make_scheduler
+from rae.train.session import TrainingSession
+from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
+from rae.weights import load_pretrained_weights
+
+EMA_FILE = "decoder_ema.pt"
+DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
+ADAPTIVE_EPS = 1e-6  # as rae.losses.adaptive_weight
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of a step
+# ---------------------------------------------------------------------------------------------
+class BatchAugment:
+    """DiffAugment with its draws made once for a whole batch and applied to any slice of it.
+
+    DiffAugment draws (B, ...) parameters per call, so augmenting micro-batches separately would
+    differ from augmenting the batch; here the same per-sample parameters follow each image.
+    """
+
+    def __init__(self, aug: DiffAugment, batch_size: int, device: torch.device) -> None:
+        self.aug = aug
+        self.use = (torch.rand(3) < aug.prob).tolist()
+        self.r = torch.rand(7, batch_size, 1, 1).to(device)
+
+    def __call__(self, images: torch.Tensor, start: int) -> torch.Tensor:
+        """Augment ``images``, the batch's samples ``start .. start + len(images)``, in [0, 1]."""
+        if self.aug.prob == 0.0:
+            return images
+        r = self.r[:, start:start + images.shape[0]]
+        x = images.float() * 2.0 - 1.0
+        if self.use[0] and self.aug.translation > 0:
+            x = translate(x, self.aug.translation, r[0], r[1])
+        if self.use[1] and self.aug.color:
+            x = color(x, r[2], r[3], r[4])
+        if self.use[2] and self.aug.cutout > 0:
+            x = cutout(x, self.aug.cutout, r[5], r[6])
+        return ((x + 1.0) / 2.0).to(images.dtype)
+
+
+def decode_with(autoencoder: RAE, decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``autoencoder.decode`` through another decoder module (the DDP wrapper or the EMA copy)."""
+    pixels = decoder(autoencoder.denormalize(z))
+    mean = pixels.new_tensor(autoencoder.encoder.pixel_mean).view(1, -1, 1, 1)
+    std = pixels.new_tensor(autoencoder.encoder.pixel_std).view(1, -1, 1, 1)
+    return pixels * std + mean
+
+
+def all_reduce_mean(tensors: list[torch.Tensor], acc: Accelerator) -> None:
+    """Average tensors over ranks in place (gradients that DDP does not reduce)."""
+    if not acc.distributed:
+        return
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(acc.world_size)
+
+
+def power_iteration(heads: nn.Module) -> None:
+    """One spectral-norm power iteration of every head convolution, then eval mode (u, v fixed)."""
+    heads.train()
+    with torch.no_grad():
+        for module in heads.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                module.weight  # noqa: B018  (reading the weight in train mode runs the iteration)
+    heads.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction grids during training
+# ---------------------------------------------------------------------------------------------
+class ReconstructionGrid:
+    """The dataset's first images next to their EMA reconstructions (clean latents, no noise)."""
+
+    def __init__(self, dataset: LabelledImages, count: int, device: torch.device) -> None:
+        items = [dataset[i] for i in range(min(count, len(dataset)))]
+        self.images = torch.stack([image for image, _ in items]).to(device)
+        self.labels = [int(label) for _, label in items]
+
+    @torch.no_grad()
+    def log(self, autoencoder: RAE, ema_decoder: nn.Module, acc: Accelerator, tracker: Tracker, step: int) -> None:
+        with acc.autocast():
+            z = autoencoder.normalize(tokens_to_latent(autoencoder.encoder(self.images),
+                                                       autoencoder.encoder.token_grid))
+            recon = decode_with(autoencoder, ema_decoder, z)
+        grid = torch.cat([self.images, recon.float().clamp(0, 1)])
+        captions = ([f"original, class {c}" for c in self.labels]
+                    + [f"EMA reconstruction, class {c}" for c in self.labels])
+        tracker.track_images("reconstructions", grid, step, captions=captions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+@EXPERIMENTS.register("stage1")
+class Stage1(Experiment):
+    """Train the decoder of ``autoencoder`` (its encoder frozen) to reconstruct ``dataset``.
+
+    Args:
+      autoencoder: an RAE; only its decoder trains; its ``noise_tau`` noises the training latents.
+      dataset: labelled images in [0, 1] at the decoder's output size.
+      lpips: the perceptual loss (``@loss.lpips()``), weighted by ``lpips_weight`` from ``lpips_start_epoch``.
+      discriminator: ``@loss.dino_disc()`` (None: no GAN); diffaug: its input augmentation.
+      disc_loss: "hinge" or "vanilla" for D; G uses -E[D(fake)] (RAE's "vanilla").
+      disc_weight: scale of the adaptively weighted G loss, in G from ``gan_start_epoch``;
+        ``adaptive_weight_cap``: clamp of the adaptive weight; D updates from ``disc_start_epoch``.
+      batch_size: global batch; micro_batch_size: per forward pass.
+      total_steps / total_epochs, warmup_*, decay_end_*, lr_schedule, final_lr, lr, betas,
+        weight_decay, adam_eps: AdamW and its schedule, shared by the decoder and the heads.
+      grad_clip: max gradient norm of each optimiser (None: no clipping). ema_decay: EMA of the decoder,
+        saved as ``decoder_ema.pt`` (loadable by ``rae.decoder_path``).
+      num_workers, log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: as stage2.
+      grid_every: steps between reconstruction grids (0: none); grid_size: images in a grid.
+    """
+
+    kind = "stage1"
+
+    def __init__(
+        self,
+        autoencoder: RAE,
+        dataset: LabelledImages,
+        lpips: LPIPS | None = None,
+        discriminator: DinoDiscriminator | None = None,
+        diffaug: DiffAugment | None = None,
+        disc_loss: str = "hinge",
+        lpips_weight: float = 1.0,
+        disc_weight: float = 0.75,
+        adaptive_weight_cap: float = 1e4,
+        lpips_start_epoch: float = 0.0,
+        disc_start_epoch: float = 6.0,
+        gan_start_epoch: float = 8.0,
+        batch_size: int = 512,
+        micro_batch_size: int | None = None,
+        total_steps: int | None = None,
+        total_epochs: float | None = None,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
+        lr_schedule: str = "cosine",
+        warmup_steps: int | None = None,
+        warmup_epochs: float | None = None,
+        decay_end_step: int | None = None,
+        decay_end_epoch: float | None = None,
+        final_lr: float | None = None,
+        grad_clip: float | None = None,
+        ema_decay: float = 0.9978,
+        num_workers: int = 4,
+        log_every: int = 100,
+        checkpoint_every: int | None = None,
+        checkpoint_every_epochs: float | None = None,
+        keep_checkpoints: int = 2,
+        grid_every: int = 5000,
+        grid_size: int = 8,
+    ) -> None:
+        if disc_loss not in DISC_LOSSES:
+            raise ValueError(f"stage1.disc_loss must be one of {sorted(DISC_LOSSES)}, got {disc_loss!r}")
+        if lpips_weight > 0 and lpips is None:
+            raise ValueError(f"stage1.lpips_weight is {lpips_weight}: give stage1.lpips = @loss.lpips() (or weight 0)")
+        if discriminator is not None and diffaug is None:
+            raise ValueError("stage1.discriminator needs stage1.diffaug (@loss.diffaug(); prob 0 switches it off)")
+        if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
+            raise ValueError(f"stage1: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
+        if total_steps is None and total_epochs is None:
+            raise ValueError("stage1: set the training length, total_steps or total_epochs")
+        _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
+                      decay_end=(decay_end_step, decay_end_epoch),
+                      checkpoint_every=(checkpoint_every, checkpoint_every_epochs))
+        self.autoencoder = autoencoder
+        self.dataset = dataset
+        self.lpips = lpips
+        self.discriminator = discriminator
+        self.diffaug = diffaug
+        self.disc_loss = DISC_LOSSES[disc_loss]
+        self.lpips_weight = lpips_weight
+        self.disc_weight = disc_weight
+        self.adaptive_weight_cap = adaptive_weight_cap
+        self.starts = {"lpips": lpips_start_epoch, "disc": disc_start_epoch, "gan": gan_start_epoch}
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.total = (total_steps, total_epochs)
+        self.warmup = (warmup_steps, warmup_epochs)
+        self.decay_end = (decay_end_step, decay_end_epoch)
+        self.checkpoint_every = (checkpoint_every, checkpoint_every_epochs)
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.weight_decay = weight_decay
+        self.adam_eps = adam_eps
+        self.lr_schedule = lr_schedule
+        self.final_lr = final_lr
+        self.grad_clip = grad_clip
+        self.ema_decay = ema_decay
+        self.num_workers = num_workers
+        self.log_every = log_every
+        self.keep_checkpoints = keep_checkpoints
+        self.grid_every = grid_every
+        self.grid_size = grid_size
+        self._check_models()
+
+    # ---- what the runner asks ----
+    def models(self) -> dict[str, nn.Module]:
+        found = {"encoder": self.autoencoder.encoder, "decoder": self.autoencoder.decoder, "lpips": self.lpips,
+                 "discriminator": self.discriminator}
+        return {name: model for name, model in found.items() if model is not None}
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.autoencoder.latent_shape)
+
+    def tags(self) -> list[str]:
+        return [self.kind, type(self.autoencoder.encoder).__name__] + (["gan"] if self.discriminator else [])
+
+    def load_weights(self, allow_random: bool, log: Any) -> None:
+        """The encoder, latent stats and decoder checkpoint (via the RAE), LPIPS and the DINO trunk."""
+        for model in (self.autoencoder, self.lpips, self.discriminator):
+            if model is not None:
+                load_pretrained_weights(model, allow_random=allow_random, log=log)
+
+    # ---- checks before the first step ----
+    def _check_models(self) -> None:
+        """Shapes that must agree (attributes only: runs on the meta device, no I/O)."""
+        decoder, encoder = self.autoencoder.decoder, self.autoencoder.encoder
+        size = decoder.image_size
+        if size != (self.dataset.resolution, self.dataset.resolution):
+            raise ValueError(
+                f"the decoder makes {size[0]} x {size[1]} images (token grid {tuple(decoder.token_grid)} x patch "
+                f"{decoder.patch_size}) but the dataset's images are {self.dataset.resolution} px: set the dataset's "
+                f"resolution to {size[0]} or decoder.vit.patch_size to {self.dataset.resolution // decoder.token_grid[0]}"
+            )
+        if encoder.input_size % encoder.patch_size:
+            raise ValueError(f"the encoder's input_size {encoder.input_size} is not a multiple of its patch "
+                             f"{encoder.patch_size}: set it to {encoder.token_grid[0] * encoder.patch_size}")
+        if count_parameters(decoder) == 0 or any(p.requires_grad for p in encoder.parameters()):
+            raise ValueError("stage1 trains the decoder only: the encoder must be frozen")
+
+    def _check_run(self, acc: Accelerator) -> int:
+        """Checks that need the world size or the precision; returns the per-rank batch."""
+        if acc.precision == "fp16":
+            raise ValueError("stage1 runs in fp32 or bf16 (run.precision); fp16 loss scaling of the separate "
+                             "GAN gradient is not implemented")
+        if self.batch_size % acc.world_size:
+            raise ValueError(f"stage1.batch_size {self.batch_size} is not divisible by the {acc.world_size} ranks")
+        per_rank = self.batch_size // acc.world_size
+        if self.micro_batch_size is not None and per_rank % self.micro_batch_size:
+            raise ValueError(f"the per-rank batch {per_rank} (batch_size {self.batch_size} / {acc.world_size} ranks) "
+                             f"is not divisible by micro_batch_size {self.micro_batch_size}")
+        return per_rank
+
+    # ---- training ----
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        acc = ctx.accelerator
+        per_rank = self._check_run(acc)
+        ae = self.autoencoder.to(acc.device).eval()
+        decoder = ae.decoder.train().requires_grad_(True)
+        ddp = None
+        if acc.distributed:  # DDP broadcasts rank 0's weights here, before the EMA copies them
+            device_ids = [acc.device.index] if acc.device.type == "cuda" else None
+            ddp = DistributedDataParallel(decoder, device_ids=device_ids, broadcast_buffers=False)
+        self._step_decoder = ddp if ddp is not None else decoder
+        ema = EMA(decoder, self.ema_decay)
+        params = list(decoder.parameters())
+        optimizer = make_adamw(params, self.lr, self.betas, self.weight_decay, self.adam_eps)
+        lpips = self.lpips.to(acc.device) if self.lpips is not None else None
+        disc = self.discriminator.to(acc.device).eval().requires_grad_(False) if self.discriminator else None
+
+        stream = DataStream(self.dataset, per_rank, acc, seed=ctx.seed, shuffle=True, num_workers=self.num_workers)
+        per_epoch = stream.batches_per_epoch
+        total_steps = _pick(*self.total, per_epoch, None)
+        schedule = (self.lr_schedule, _pick(*self.warmup, per_epoch, 0), _pick(*self.decay_end, per_epoch, total_steps),
+                    self.final_lr)
+        scheduler = make_scheduler(optimizer, *schedule)
+        state: dict[str, Any] = {"decoder": decoder, "ema": ema, "optimizer": optimizer, "scheduler": scheduler,
+                                 "data": stream}
+        d_optimizer = d_scheduler = None
+        if disc is not None:
+            d_optimizer = make_adamw(disc.heads.requires_grad_(True).parameters(), self.lr, self.betas,
+                                     self.weight_decay, self.adam_eps)
+            d_scheduler = make_scheduler(d_optimizer, *schedule)
+            disc.requires_grad_(False)  # on only inside the D step
+            state |= {"disc_heads": disc.heads, "disc_optimizer": d_optimizer, "disc_scheduler": d_scheduler}
+        starts = {name: round(epoch * per_epoch) for name, epoch in self.starts.items()}
+        session = TrainingSession(ctx, state, total_steps, self.log_every,
+                                  _pick(*self.checkpoint_every, per_epoch, 5000), self.keep_checkpoints)
+        session.resume()
+        ctx.log.info("stage1: %d steps of %d images (%d per rank), %d steps per epoch; LPIPS from step %d, "
+                     "D from %d, GAN in G from %d", total_steps, self.batch_size, per_rank, per_epoch,
+                     starts["lpips"], starts["disc"], starts["gan"])
+        grid = (ReconstructionGrid(self.dataset, self.grid_size, acc.device)
+                if self.grid_every > 0 and acc.is_main else None)
+
+        while not session.done:
+            step = session.step
+            use_lpips = lpips is not None and self.lpips_weight > 0 and step >= starts["lpips"]
+            use_gan = disc is not None and step >= starts["gan"]
+            use_disc = disc is not None and step >= starts["disc"]
+            x, _ = to_device(next(stream), acc.device)
+            z = self._noised_latents(ae, x, acc)
+            augments = [BatchAugment(self.diffaug, per_rank, acc.device) for _ in range(3)] if disc else []
+            index = torch.arange(per_rank, device=acc.device)
+            micro = split_batch((z, x, index), self.micro_batch_size)
+            gan_grads = [torch.zeros_like(p) for p in params] if use_gan else None
+            recons: list[torch.Tensor] = []
+            g_fn = lambda mb: self._g_loss(mb, ae, lpips if use_lpips else None, disc if use_gan else None,  # noqa: E731
+                                           augments[:1], gan_grads, params, per_rank, recons)
+            metrics = accumulate_gradients(g_fn, micro, acc, ddp_module=ddp)
+            metrics["adaptive_weight"] = self._add_gan_gradient(params, gan_grads, decoder.last_layer, acc)
+            metrics["loss"] = metrics["loss"] + metrics["adaptive_weight"] * self.disc_weight * metrics["loss/gan_g"]
+            metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip)
+            scheduler.step()
+            ema.update(decoder)
+            if disc is not None:
+                metrics |= self._d_step(disc, d_optimizer, split_batch((x, torch.cat(recons), index),
+                                                                       self.micro_batch_size),
+                                        augments[1:], acc, use_disc)
+                with warnings.catch_warnings():  # stepped before D's first update, to keep the shared schedule
+                    warnings.simplefilter("ignore", UserWarning)
+                    d_scheduler.step()
+            session.end_step(metrics, images=self.batch_size,
+                             scalars={"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(self.dataset)})
+            if grid is not None and (session.step % self.grid_every == 0 or session.done):
+                grid.log(ae, ema.model, acc, ctx.tracker, session.step)
+
+        ema_path = ctx.run_dir / EMA_FILE
+        if acc.is_main:
+            atomic_save(ema.model.state_dict(), ema_path)
+        acc.barrier()
+        summary = {"steps": session.step, "images": session.images, "decoder_ema": str(ema_path)}
+        return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
+
+    @torch.no_grad()
+    def _noised_latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator) -> torch.Tensor:
+        """Images -> normalised float32 latents with the training noise, drawn once for the whole batch."""
+        chunks = images.split(self.micro_batch_size or images.shape[0])
+        with acc.autocast():
+            z = torch.cat([tokens_to_latent(ae.encoder(c), ae.encoder.token_grid).float() for c in chunks])
+        return ae.normalize(ae.add_noise(z) if ae.noise_tau > 0 else z)
+
+    def _g_loss(self, mb: MicroBatch, ae: RAE, lpips: LPIPS | None, disc: DinoDiscriminator | None,
+                augments: list[BatchAugment], gan_grads: list[torch.Tensor] | None, params: list[nn.Parameter],
+                per_rank: int, recons: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A micro-batch's reconstruction loss (returned for backward); its GAN gradient goes to ``gan_grads``."""
+        z, x, index = mb
+        recon = decode_with(ae, self._step_decoder, z)
+        recons.append(recon.detach())
+        l1 = (recon.float() - x).abs().mean()
+        zero = l1.new_zeros(())
+        perceptual = lpips(recon.float(), x).mean() if lpips is not None else zero
+        metrics = {"loss/l1": l1.detach(), "loss/lpips": perceptual.detach(), "loss/gan_g": zero}
+        if disc is not None:
+            gan = vanilla_g_loss(disc(augments[0](recon, int(index[0]))))
+            share = x.shape[0] / per_rank
+            for buffer, grad in zip(gan_grads, torch.autograd.grad(gan.float() * share, params, retain_graph=True)):
+                buffer.add_(grad)
+            metrics["loss/gan_g"] = gan.detach().float()
+        return l1 + self.lpips_weight * perceptual, metrics
+
+    def _add_gan_gradient(self, params: list[nn.Parameter], gan_grads: list[torch.Tensor] | None,
+                          last_layer: nn.Parameter, acc: Accelerator) -> torch.Tensor:
+        """grad += w * disc_weight * GAN grad, w = ||rec grad|| / (||GAN grad|| + eps) at the last layer,
+        in float32 from the whole global batch's gradients, clamped to [0, cap]; returns w (0 without GAN)."""
+        if gan_grads is None:
+            return torch.zeros((), device=last_layer.device)
+        all_reduce_mean(gan_grads, acc)
+        last = next(i for i, p in enumerate(params) if p is last_layer)
+        weight = last_layer.grad.float().norm() / (gan_grads[last].float().norm() + ADAPTIVE_EPS)
+        weight = weight.clamp(0.0, self.adaptive_weight_cap)
+        for p, grad in zip(params, gan_grads):
+            p.grad.add_(grad * (weight * self.disc_weight))
+        return weight
+
+    def _d_step(self, disc: DinoDiscriminator, optimizer: torch.optim.Optimizer, micro: list[MicroBatch],
+                augments: list[BatchAugment], acc: Accelerator, active: bool) -> dict[str, torch.Tensor]:
+        """One update of the heads on the step's images vs its 8-bit reconstructions (zeros while inactive)."""
+        device = micro[0][0].device
+        if not active:
+            return {"loss/disc": torch.zeros((), device=device), "disc_grad_norm": torch.zeros((), device=device)}
+        power_iteration(disc.heads)
+        disc.requires_grad_(True)
+        real_aug, fake_aug = augments
+
+        def d_loss(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x, recon, index = mb
+            start = int(index[0])
+            loss = self.disc_loss(disc(real_aug(x, start)), disc(fake_aug(quantize_8bit(recon), start)))
+            return loss, {"loss/disc": loss.detach().float()}
+
+        metrics = accumulate_gradients(d_loss, micro, acc)
+        del metrics["loss"]
+        heads = [p for p in disc.heads.parameters() if p.grad is not None]
+        all_reduce_mean([p.grad for p in heads], acc)
+        metrics["disc_grad_norm"] = optimizer_step(optimizer, heads, self.grad_clip)
+        disc.requires_grad_(False)
+        return metrics
+
