@@ -107,12 +107,15 @@ class GlobalBatchDraws:
         self.global_batch = global_batch
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
-        generator = torch.Generator(x0.device).manual_seed(mix_seed(self.seed, step))
+        # XLA devices have no torch.Generator: draw there on the CPU and move the draws.
+        device = x0.device if x0.device.type in ("cpu", "cuda") else torch.device("cpu")
+        generator = torch.Generator(device).manual_seed(mix_seed(self.seed, step))
         shape, n = x0.shape[1:], self.global_batch
-        t = self.transport.sample_time(n, shape, generator=generator, device=x0.device)[self.rows]
-        noise = torch.randn((n, *shape), generator=generator, device=x0.device, dtype=x0.dtype)[self.rows]
-        uniform = torch.rand(n, generator=generator, device=x0.device)[self.rows]
-        return self.transport.point(x0, noise, t), self.drop_labels(labels, uniform)
+        t = self.transport.sample_time(n, shape, generator=generator, device=device)[self.rows]
+        noise = torch.randn((n, *shape), generator=generator, device=device, dtype=x0.dtype)[self.rows]
+        uniform = torch.rand(n, generator=generator, device=device)[self.rows]
+        point = self.transport.point(x0, noise.to(x0.device), t.to(x0.device))
+        return point, self.drop_labels(labels, uniform.to(x0.device))
 
 
 class TrainableParameters:
@@ -407,6 +410,7 @@ class Stage2(Experiment):
                 ddp_module=grad_sync, scaler=scaler, step=session.step + 1,
             )
             metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip, scaler)
+            acc.mark_step()
             scheduler.step()
             ema.update(backbone)
             session.end_step(metrics, images=self.batch_size,
