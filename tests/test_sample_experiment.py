@@ -1,0 +1,86 @@
+"""The sample experiment through the runner: batching-independent images, resume, equal labels, ADM npz."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rae.runner import main
+
+CONFIG = """
+include 'decoders/vit_tiny.gin'
+include 'transport/rae_linear.gin'
+run.experiment = @experiment.sample()
+run.allow_random_weights = True
+sample.backbone = @backbone.ditdh()
+ditdh.hidden_size = 32
+ditdh.depth = 1
+ditdh.num_heads = 2
+ditdh.head_hidden_size = 32
+ditdh.head_depth = 1
+ditdh.head_num_heads = 2
+ditdh.input_size = 4
+ditdh.patch_size = 1
+ditdh.in_channels = 384
+ditdh.num_classes = 5
+sample.autoencoder = @autoencoder.rae()
+rae.encoder = @encoder.dinov2()
+dinov2.variant = "small"
+dinov2.input_size = 56
+dinov2.weights = None
+sample.transport = @loss.transport()
+sample.sampler = @sampler.euler()
+euler.num_steps = 3
+sample.guidance = @guidance.cfg()
+cfg.scale = 1.5
+sample.num_samples = 10
+sample.labels = "equal"
+sample.grid_size = 5
+sample.grid_rows = 5
+"""
+
+
+def sample(tmp_path: Path, name: str, *bindings: str) -> tuple[int, Path | None]:
+    (tmp_path / f"{name}.gin").write_text(CONFIG)
+    args = ["--gin", str(tmp_path / f"{name}.gin"), "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'"]
+    for binding in bindings:
+        args += ["--gin_param", binding]
+    rc = main(args)
+    folders = sorted((tmp_path / "runs" / name).glob("*"))
+    return rc, folders[-1] if folders else None
+
+
+def arrays(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(run / "samples.npz") as data:
+        return data["arr_0"], data["arr_1"]
+
+
+def test_batching_does_not_change_the_images_and_labels_are_equal_per_class(tmp_path):
+    rc3, by3 = sample(tmp_path, "by3", "sample.batch_size = 3")
+    rc5, by5 = sample(tmp_path, "by5", "sample.batch_size = 5")
+    assert rc3 == rc5 == 0
+    images, labels = arrays(by3)
+    assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3)
+    assert np.bincount(labels).tolist() == [2] * 5
+    np.testing.assert_array_equal(images, arrays(by5)[0])
+    np.testing.assert_array_equal(labels, arrays(by5)[1])
+    assert images.std() > 0 and (by3 / "grid.png").is_file()
+
+
+def test_an_interrupted_run_makes_only_the_missing_images(tmp_path, capsys):
+    rc, run = sample(tmp_path, "resume", "sample.batch_size = 4")
+    assert rc == 0
+    first = arrays(run)
+    for index in (1, 6, 9):
+        (run / "images" / f"{index:06d}.png").unlink()
+    (run / "samples.npz").unlink()
+    (run / "DONE").unlink()
+    capsys.readouterr()
+    rc, again = sample(tmp_path, "resume", "sample.batch_size = 4")
+    assert rc == 0 and again == run and "made_here: 3" in capsys.readouterr().out
+    np.testing.assert_array_equal(arrays(run)[0], first[0])
+
+
+def test_equal_labels_need_a_multiple_of_the_classes(tmp_path, capsys):
+    rc, _ = sample(tmp_path, "bad", "sample.num_samples = 7")
+    assert rc == 2 and "divisible" in capsys.readouterr().err
