@@ -8,35 +8,19 @@ the ADM evaluation format (``arr_0`` uint8 NHWC, ``arr_1`` int64 labels).
 from __future__ import annotations
 
 import io
-import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from rae.train.checkpoint import atomic_write
+
 _NAME = re.compile(r"^(\d{6,})\.png$")
 _LABEL_KEY = "label"
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through ``write(file)`` atomically: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +63,7 @@ class ImageStore:
             info = PngInfo()
             info.add_text(_LABEL_KEY, str(label))
             png = Image.fromarray(_hwc(image))
-            _atomic_write(self.path(int(index)), lambda f, png=png, info=info: png.save(f, format="PNG", pnginfo=info))
+            atomic_write(self.path(int(index)), lambda f, png=png, info=info: png.save(f, format="PNG", pnginfo=info))
 
     def read(self, index: int) -> tuple[np.ndarray, int]:
         """The image (H,W,3 uint8) and label stored at ``index``."""
@@ -102,7 +86,7 @@ class ImageStore:
             images[i] = image
         buffer = io.BytesIO()
         np.savez(buffer, arr_0=images, arr_1=labels)
-        return _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+        return atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
@@ -115,4 +99,4 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
         top, left = pad + (k // nrow) * (h + pad), pad + (k % nrow) * (w + pad)
         grid[:, top:top + h, left:left + w] = image
     png = Image.fromarray(_hwc(grid))
-    return _atomic_write(Path(path), lambda f: png.save(f, format="PNG"))
+    return atomic_write(Path(path), lambda f: png.save(f, format="PNG"))
