@@ -344,12 +344,13 @@ class Stage1(Experiment):
             recons: list[torch.Tensor] = []
             g_fn = lambda mb: self._g_loss(mb, ae, lpips if use_lpips else None, disc if use_gan else None,  # noqa: E731
                                            augments[:1], gan_grads, params, per_rank, recons)
-            metrics = accumulate_gradients(g_fn, micro, acc, ddp_module=ddp)
+            metrics = accumulate_gradients(g_fn, micro, acc, ddp_module=ddp, step=session.step + 1)
             metrics["adaptive_weight"] = self._add_gan_gradient(params, gan_grads, decoder.last_layer, acc)
             metrics["loss"] = metrics["loss"] + metrics["adaptive_weight"] * self.disc_weight * metrics["loss/gan_g"]
             metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip)
             scheduler.step()
             ema.update(decoder)
+            acc.mark_step()
             if disc is not None:
                 metrics |= self._d_step(disc, d_optimizer, split_batch((x, torch.cat(recons), index),
                                                                        self.micro_batch_size),
