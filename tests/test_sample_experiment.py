@@ -84,3 +84,12 @@ def test_an_interrupted_run_makes_only_the_missing_images(tmp_path, capsys):
 def test_equal_labels_need_a_multiple_of_the_classes(tmp_path, capsys):
     rc, _ = sample(tmp_path, "bad", "sample.num_samples = 7")
     assert rc == 2 and "divisible" in capsys.readouterr().err
+
+
+def test_paper_sampling_config_dry_runs_offline(tmp_path, capsys):
+    root = Path(__file__).resolve().parent.parent
+    rc = main(["--gin", str(root / "experiments" / "sample_ditdh_xl.gin"), "--dry_run",
+               "--gin_param", f"run.run_root = '{tmp_path}'"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "backbone: DiTDH, 838.7M parameters" in out and "guidance: Autoguidance, 196.5M" in out
+    assert "sample.num_samples = 50000" in out and "autoguidance.scale = 1.42" in out and "ode.num_steps = 50" in out
