@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from aim import Repo
+from test_stage1_training import assert_same_training
 
 from rae.accelerator import Accelerator
 from rae.train.checkpoint import Checkpointer
@@ -26,16 +27,22 @@ def env() -> dict[str, str]:
             "RAE_DIST_TIMEOUT_S": "60"}
 
 
+def launch(command: list[str], config: str, bindings: list[str], extra_env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    args = ["--gin", config]
+    for binding in bindings:
+        args += ["--gin_param", binding]
+    return subprocess.run(command + args, check=False, cwd=ROOT, env={**env(), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=170)
+
+
 def run(command: list[str], run_root: Path, extra_env: dict[str, str] | None = None,
         *bindings: str) -> subprocess.CompletedProcess:
-    gin = ["--gin", "experiments/stage2_tiny.gin", "--gin_param", f"run.run_root = '{run_root}'",
-           "--gin_param", "stage2.total_steps = 4", "--gin_param", "stage2.log_every = 1",
-           "--gin_param", "stage2.checkpoint_every = 2", "--gin_param", "stage2.sample_every = 0",
-           "--gin_param", "embedded.size = 16"]
-    for binding in bindings:
-        gin += ["--gin_param", binding]
-    return subprocess.run(command + gin, check=False, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True,
-                          text=True, timeout=170)
+    """stage2_tiny for 4 steps, logging every step, checkpoints at 2 and 4, no grids (unless rebound)."""
+    return launch(command, "experiments/stage2_tiny.gin",
+                  [f"run.run_root = '{run_root}'", "stage2.total_steps = 4", "stage2.log_every = 1",
+                   "stage2.checkpoint_every = 2", "stage2.sample_every = 0", "embedded.size = 16", *bindings],
+                  extra_env)
 
 
 def torchrun(nproc: int) -> list[str]:
@@ -81,6 +88,68 @@ def test_two_gloo_ranks_train_exactly_as_one_process_with_the_same_global_batch(
     for key, value in state_one["state"]["backbone"].items():
         torch.testing.assert_close(state_two["state"]["backbone"][key], value, rtol=1e-4, atol=1e-6)
     assert len(set(loss_one)) == 4  # the weights moved: no step repeats the loss of another
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_stage1_decoder_and_discriminator_as_one_process(tmp_path):
+    # L1, LPIPS, the GAN generator loss with its adaptive weight and the discriminator, from step 1
+    bindings = ["stage1.disc_start_epoch = 0", "stage1.gan_start_epoch = 0", "embedded.size = 16",
+                "stage1.total_steps = 2", "stage1.log_every = 1", "stage1.checkpoint_every = 2",
+                "stage1.grid_every = 0"]
+    for name, command in (("one", single()), ("two", torchrun(2))):
+        result = launch(command, "experiments/stage1_tiny.gin", [f"run.run_root = '{tmp_path / name}'", *bindings])
+        assert result.returncode == 0, result.stderr[-3000:]
+    (loss_one,), (loss_two,) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(loss_one) == 2 and loss_two == pytest.approx(loss_one, rel=1e-5)
+    (state_one, state_two) = (checkpoint_state(next(tmp_path.glob(f"{name}/stage1_tiny/*")))["state"]
+                              for name in ("one", "two"))
+    assert state_one["data"] == state_two["data"]
+    assert_same_training(state_two, state_one)
+
+
+def checkpoint_state(folder: Path) -> dict:
+    return Checkpointer(folder / "checkpoints").load_latest()
+
+
+@pytest.mark.slow
+def test_fsdp2_stage2_trains_as_one_process_and_resumes_from_its_whole_state_checkpoints(tmp_path):
+    fsdp = ("stage2.parallel = 'fsdp'", "stage2.sample_every = 2")  # grids: the sharded EMA samples on all ranks
+    one = run(single(), tmp_path / "one", None, *fsdp)  # one process: "fsdp" shards nothing
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun(2), tmp_path / "two", None, *fsdp)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (loss_one,), (loss_two,) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(loss_one) == 4 and loss_two == pytest.approx(loss_one, rel=1e-5)
+    (folder_one,), (folder_two,) = run_folders(tmp_path / "one"), run_folders(tmp_path / "two")
+    state_one, state_two = checkpoint_state(folder_one), checkpoint_state(folder_two)
+    assert state_two["state"]["parallel"] == state_one["state"]["parallel"] == {"value": "fsdp"}
+    assert state_two["state"]["optimizer"]["state"].keys() == state_one["state"]["optimizer"]["state"].keys()
+    for name in ("backbone", "ema"):  # whole tensors, under the unsharded names
+        assert state_two["state"][name].keys() == state_one["state"][name].keys()
+        for key, value in state_one["state"][name].items():
+            torch.testing.assert_close(state_two["state"][name][key], value, rtol=1e-4, atol=1e-6)
+    ema_two = torch.load(folder_two / "ema.pt", weights_only=True)
+    for key, value in torch.load(folder_one / "ema.pt", weights_only=True).items():
+        torch.testing.assert_close(ema_two[key], value, rtol=1e-4, atol=1e-6)
+
+    # Lose the last checkpoint and the outputs: the same command resumes every rank from step 2's
+    # whole-state checkpoint (weights, EMA, optimiser moments) and ends with the same weights, on
+    # two ranks or on one.
+    for command in (torchrun(2), single()):
+        Checkpointer(folder_two / "checkpoints").path(4).unlink()
+        for name in ("ema.pt", "DONE"):
+            (folder_two / name).unlink()
+        again = run(command, tmp_path / "two", None, *fsdp)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resumed from step 2" in again.stderr
+        resumed = checkpoint_state(folder_two)
+        assert resumed["step"] == 4
+        for name in ("backbone", "ema"):
+            for key, value in state_two["state"][name].items():
+                torch.testing.assert_close(resumed["state"][name][key], value, rtol=1e-5, atol=1e-7)
+        for key, value in ema_two.items():
+            torch.testing.assert_close(torch.load(folder_two / "ema.pt", weights_only=True)[key], value,
+                                       rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow

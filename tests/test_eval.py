@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from aim import Repo
 
-from rae.metrics.evaluate import load_reference
+from rae.metrics.evaluate import features_of_npz, load_reference, sample_metrics
 from rae.metrics.inception import InceptionV3
 from rae.runner import main
 
@@ -92,3 +93,36 @@ def test_a_dataset_as_reference_scores_its_own_images_as_zero(tmp_path):
                           "--gin_param", "eval.reference = @dataset.embedded()",
                           "--gin_param", "embedded.size = 10", "--gin_param", "embedded.resolution = 32")
     assert rc == 0 and abs(scores["fid"]) < 1e-3 and scores["precision"] == 1.0
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_rfid_pipeline_scores_the_reconstructions_against_their_originals(tmp_path):
+    rc = main(["--gin", str(ROOT / "experiments" / "rfid_tiny.gin"), "--gin_param", f"run.run_root = '{tmp_path}'",
+               "--gin_param", "embedded.size = 12", "--gin_param", "eval.batch_size = 6",
+               "--gin_param", f"eval.inception_weights = '{inception_weights(tmp_path)}'"])
+    (run,) = (tmp_path / "rfid_tiny").iterdir()
+    scores = json.loads((run / "eval" / "metrics.json").read_text())
+    assert rc == 0 and scores["split"] == "val"
+    assert {"rfid", "rsfid", "rinception_score", "rprecision", "rrecall"} <= set(scores) and "fid" not in scores
+    # the same numbers as scoring the reconstruct stage's two npz files directly
+    net = InceptionV3(weights_path=str(tmp_path / "inception.pt"))
+    net.load_pretrained(allow_random=False, log=logging.getLogger("test"))
+    reference = load_reference(run / "reconstruct" / "references.npz", net, batch_size=6)
+    samples = features_of_npz(run / "reconstruct" / "reconstructions.npz", net, 6, torch.device("cpu"))
+    expected = sample_metrics(samples, reference, device=torch.device("cpu"))
+    assert scores["rfid"] == pytest.approx(expected["fid"], rel=1e-6) and scores["rfid"] > 0.1
+    (aim_run,) = Repo(str(tmp_path)).iter_runs()  # one Aim run holds both stages
+    logged = {(m.name, m.context.to_dict().get("split")) for m in aim_run.metrics()}
+    assert {("eval/rfid", "val"), ("reconstruct/psnr", "val"), ("reconstruct/ssim", "val")} <= logged
+
+
+def test_the_imagenet_eval_config_dry_runs_and_requires_samples_and_the_adm_reference(tmp_path, capsys):
+    config = str(ROOT / "experiments" / "eval_imagenet256.gin")
+    rc = main(["--gin", config, "--dry_run", "--gin_param", f"run.run_root = '{tmp_path}'"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "eval.split = 'train'" in out and "eval.batch_size = 250" in out
+    assert "eval.samples" in out and "eval.reference" in out and "required values not set" in out
+    rc = main(["--gin", config, "--gin_param", f"run.run_root = '{tmp_path}'"])
+    assert rc == 2 and "eval.samples" in capsys.readouterr().err

@@ -1,11 +1,17 @@
 """The sample experiment through the runner: batching-independent images, resume, equal labels, ADM npz."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
-from rae.runner import main
+from rae.accelerator import Accelerator
+from rae.experiments.base import RunContext
+from rae.runner import build_spec, main, parse_gin
+from rae.tracking.tracker import Tracker
 
 CONFIG = """
 include 'decoders/vit_tiny.gin'
@@ -86,10 +92,35 @@ def test_equal_labels_need_a_multiple_of_the_classes(tmp_path, capsys):
     assert rc == 2 and "divisible" in capsys.readouterr().err
 
 
-def test_paper_sampling_config_dry_runs_offline(tmp_path, capsys):
+def test_two_ranks_write_exactly_the_files_of_one_process(tmp_path):
+    (tmp_path / "shards.gin").write_text(CONFIG)
+    parse_gin([str(tmp_path / "shards.gin")], ["sample.batch_size = 2"])
+    experiment = build_spec(str(tmp_path / "shards.gin")).experiment
+    log = logging.getLogger("test")
+    experiment.load_weights(allow_random=True, log=log)
+
+    def run(folder: Path, rank: int, world_size: int) -> dict:
+        acc = Accelerator(torch.device("cpu"), rank=rank, world_size=world_size)
+        return experiment.run(RunContext(acc, Tracker(), folder, seed=0, log=log))
+
+    run(tmp_path / "one", 0, 1)
+    run(tmp_path / "two", 1, 2)  # rank 1 makes the odd indices, and packs nothing
+    assert sorted(p.name for p in (tmp_path / "two" / "images").glob("*.png")) == \
+        [f"{i:06d}.png" for i in range(1, 10, 2)]
+    assert not (tmp_path / "two" / "samples.npz").exists()
+    run(tmp_path / "two", 0, 2)
+    for ours, theirs in zip(arrays(tmp_path / "one"), arrays(tmp_path / "two")):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("config, guidance", [
+    ("sample_ditdh_xl.gin", ["GUIDANCE = @guidance.cfg()", "cfg.scale = 1.0", "cfg.t_max = 1.0"]),
+    ("sample_ditdh_xl_ag.gin", ["guidance: Autoguidance, 196.5M", "autoguidance.scale = 1.42"]),
+])
+def test_paper_sampling_configs_dry_run_offline(config, guidance, tmp_path, capsys):
     root = Path(__file__).resolve().parent.parent
-    rc = main(["--gin", str(root / "experiments" / "sample_ditdh_xl.gin"), "--dry_run",
-               "--gin_param", f"run.run_root = '{tmp_path}'"])
+    rc = main(["--gin", str(root / "experiments" / config), "--dry_run", "--gin_param", f"run.run_root = '{tmp_path}'"])
     out = capsys.readouterr().out
-    assert rc == 0 and "backbone: DiTDH, 838.7M parameters" in out and "guidance: Autoguidance, 196.5M" in out
-    assert "sample.num_samples = 50000" in out and "autoguidance.scale = 1.42" in out and "ode.num_steps = 50" in out
+    assert rc == 0 and "backbone: DiTDH, 838.7M parameters" in out
+    assert "sample.num_samples = 50000" in out and "sample.labels = 'equal'" in out and "ode.num_steps = 50" in out
+    assert all(line in out for line in guidance), out

@@ -24,15 +24,22 @@ def train(root: Path, *bindings: str) -> dict:
     return Checkpointer(run / "checkpoints").load_latest()["state"]
 
 
+def assert_same_training(state: dict, expected: dict) -> None:
+    """Decoder, EMA and discriminator heads of two stage-1 checkpoints agree to float noise as Adam
+    amplifies it. Left out: the biases of the head convolutions that feed a per-sample batch norm,
+    which cancels them, so their true gradient is zero and Adam turns float noise into full steps."""
+    assert set(expected["disc_heads"])
+    for name in ("decoder", "ema", "disc_heads"):
+        for key, value in expected[name].items():
+            if not key.endswith(("block.0.bias", "fn.0.bias")):
+                torch.testing.assert_close(state[name][key], value, rtol=1e-3, atol=2e-5, msg=f"{name}.{key}")
+
+
 def test_four_micro_batches_of_two_step_exactly_as_one_batch_of_eight(tmp_path):
     steps = "stage1.total_steps = 3"
     whole = train(tmp_path / "whole", *ALL_LOSSES, steps, "stage1.micro_batch_size = None")
     split = train(tmp_path / "split", *ALL_LOSSES, steps, "stage1.micro_batch_size = 2")
-    # The decoder (L1 + LPIPS + GAN generator loss) matches. The discriminator heads do not: their
-    # batch norm takes statistics over each forward's batch, so a micro-batch is a different input.
-    assert set(whole["disc_heads"])
-    for key, value in whole["decoder"].items():
-        torch.testing.assert_close(split["decoder"][key], value, rtol=1e-3, atol=1e-5)  # Adam amplifies float noise
+    assert_same_training(split, whole)
     assert any(not torch.equal(v, train(tmp_path / "other", *ALL_LOSSES, "stage1.total_steps = 1")["decoder"][k])
                for k, v in whole["decoder"].items())
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_latent_cache import ROOT, Recorder, build, make_cache, run_experiment
 
 from rae.accelerator import Accelerator
 from rae.data.latent_cache import CacheMismatch
 from rae.experiments.stage2 import BatchLabelDropout
 from rae.runner import main
 from rae.train.checkpoint import Checkpointer
-from test_latent_cache import ROOT, Recorder, build, make_cache, run_experiment
 
 TINY_GIN = ROOT / "experiments" / "stage2_tiny.gin"
 
@@ -93,7 +93,19 @@ def test_rerunning_after_a_crash_gives_the_losses_and_weights_of_an_uninterrupte
     final_full, final_resumed = latest_state(tmp_path / "full"), latest_state(tmp_path / "resumed")
     for key, value in final_full["backbone"].items():
         torch.testing.assert_close(final_resumed["backbone"][key], value, rtol=0, atol=0)
-    assert final_resumed["data"] == final_full["data"] == {"epoch": 2, "index": 8}
+    assert final_resumed["data"] == final_full["data"] == {"epoch": 2, "consumed": 8}
+
+
+def test_a_checkpoint_resumes_only_with_the_parallel_strategy_that_fixed_its_layout(tmp_path,
+                                                                                     tiny_dinov2_registers_dir):
+    # "fsdp" keys the optimiser state by parameter name (whole tensors), "ddp" by position
+    fsdp = tiny(tiny_dinov2_registers_dir, "stage2.total_steps = 2", "stage2.parallel = 'fsdp'")
+    train(tmp_path, fsdp)
+    names = set(latest_state(tmp_path)["optimizer"]["state"])
+    assert "backbone.x_embedder.proj.weight" in names and all(name.startswith("backbone.") for name in names)
+    ddp = tiny(tiny_dinov2_registers_dir, "stage2.total_steps = 3", "stage2.parallel = 'ddp'")
+    with pytest.raises(ValueError, match="stage2.parallel = 'fsdp', but this run has 'ddp'"):
+        train(tmp_path, ddp)
 
 
 def test_the_tiny_run_learns_and_logs_sample_grids(tmp_path, tiny_dinov2_registers_dir):

@@ -13,7 +13,12 @@ from rae.train.data_stream import DataStream, to_device
 from rae.train.ema import EMA
 from rae.train.optim import make_adamw, make_scheduler
 from rae.train.session import TrainingSession
-from rae.train.step import NonFiniteLoss, accumulate_gradients, optimizer_step, split_batch
+from rae.train.step import (
+    NonFiniteLoss,
+    accumulate_gradients,
+    optimizer_step,
+    split_batch,
+)
 
 
 class Recorder(Tracker):
@@ -92,3 +97,24 @@ def test_stream_rejects_a_dataset_smaller_than_a_global_batch():
     data = TensorDataset(torch.zeros(3, 1))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         DataStream(data, batch_size=4, accelerator=Accelerator(torch.device("cpu")), seed=0)
+
+
+def test_a_data_position_saved_on_two_ranks_resumes_on_one_with_the_same_samples():
+    data = TensorDataset(torch.arange(24.0))
+    ranks = [DataStream(data, batch_size=3, accelerator=Accelerator(torch.device("cpu"), rank=r, world_size=2),
+                        seed=5) for r in range(2)]
+    for _ in range(3):  # 9 samples per rank: the epoch's global order is consumed up to position 18
+        for stream in ranks:
+            next(stream)
+    state = ranks[0].state_dict()
+    assert state == {"epoch": 0, "consumed": 18}
+    one = DataStream(data, batch_size=6, accelerator=Accelerator(torch.device("cpu")), seed=5)
+    one.load_state_dict(state)
+    (two_r0,), (two_r1,) = next(ranks[0]), next(ranks[1])
+    (together,) = next(one)
+    assert sorted(together.tolist()) == sorted(two_r0.tolist() + two_r1.tolist())
+    assert together[0::2].tolist() == two_r0.tolist()  # rank r holds the rows r, r + 2, ... of the global batch
+
+    four = DataStream(data, batch_size=1, accelerator=Accelerator(torch.device("cpu"), rank=0, world_size=4), seed=5)
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        four.load_state_dict(state)

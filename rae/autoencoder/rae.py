@@ -86,8 +86,12 @@ class RAE(nn.Module, Pretrained):
     def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """z + sigma * eps, with one sigma ~ U(0, noise_tau) per sample and eps ~ N(0, I)."""
         shape = (z.shape[0],) + (1,) * (z.dim() - 1)
-        sigma = self.noise_tau * torch.rand(shape, generator=generator, device=z.device, dtype=z.dtype)
-        return z + sigma * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        uniform = torch.rand(shape, generator=generator, device=z.device, dtype=z.dtype)
+        return self.noised(z, uniform, torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype))
+
+    def noised(self, z: torch.Tensor, uniform: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+        """`add_noise` from given draws: sigma = noise_tau * uniform (B, 1, 1, 1), eps = normal (like z)."""
+        return z + self.noise_tau * uniform * normal
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """(z - mean) / sqrt(var + eps) per channel; the identity without stats."""

@@ -32,6 +32,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+def chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """A stored (H, W, 3) uint8 image (read-only) as a (3, H, W) tensor of its own."""
+    return torch.from_numpy(image.copy()).permute(2, 0, 1)
+
+
 def _hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).contiguous().cpu().numpy()
 

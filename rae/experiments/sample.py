@@ -22,7 +22,7 @@ from torch import nn
 from rae.backbones.base import Backbone
 from rae.backbones.release import load_release_state
 from rae.experiments.base import Experiment, RunContext
-from rae.experiments.image_store import ImageStore, save_grid
+from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
 from rae.registry import EXPERIMENTS
 from rae.sampling.base import Sampler
 from rae.sampling.guidance import Guidance
@@ -184,7 +184,7 @@ class Sample(Experiment):
         store.pack_npz(npz, self.num_samples)
         if self.grid_size:
             read = [store.read(i) for i in range(self.grid_size)]
-            grid = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _ in read])
+            grid = torch.stack([chw_tensor(image) for image, _ in read])
             save_grid(grid, ctx.run_dir / GRID_FILE, self.grid_rows)
             ctx.tracker.track_images("samples", grid.float() / 255, step=self.num_samples,
                                      captions=[f"class {label}" for _, label in read])

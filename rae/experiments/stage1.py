@@ -2,7 +2,8 @@
 
 One optimiser step over this rank's share of the global batch:
   1. images -> clean latents (frozen encoder, no gradient), then the training noise of the
-     autoencoder (``noise_tau``) and every DiffAugment draw, all drawn once for the whole batch;
+     autoencoder (``noise_tau``) and every DiffAugment draw, all drawn once for the whole global
+     batch from a generator seeded by (seed, step) (`rae.train.draws`), each rank keeping its rows;
   2. G: per micro-batch, recon = decoder(latents); L1 + lpips_weight * LPIPS backpropagates into
      ``.grad``; the generator loss -E[D(diffaug(recon))] goes into a separate gradient buffer;
   3. adaptive weight = ||grad rec|| / ||grad gan|| at ``decoder.last_layer`` from the whole batch's
@@ -10,7 +11,7 @@ One optimiser step over this rank's share of the global batch:
   4. D: hinge loss on diffaug(images) vs diffaug(quantize_8bit(recon)) of the same step's detached
      reconstructions, per micro-batch; the heads' own AdamW.
 
-Batch equivalence: random draws happen per batch, losses are means weighted by share, the adaptive
+Batch equivalence (any split into micro-batches or ranks): random draws happen per global batch, losses are means weighted by share, the adaptive
 weight uses gradients summed over micro-batches and averaged over ranks (the reference computes it
 per micro-batch and per rank), and the heads' spectral norm does one power iteration per D step
 with the heads in eval mode otherwise (the reference iterates on every discriminator forward, so
@@ -41,6 +42,7 @@ from rae.registry import EXPERIMENTS
 from rae.tracking.tracker import Tracker
 from rae.train.checkpoint import atomic_save
 from rae.train.data_stream import DataStream, to_device
+from rae.train.draws import StepDraws
 from rae.train.ema import EMA
 from rae.train.optim import make_adamw, make_scheduler
 from rae.train.session import TrainingSession
@@ -56,16 +58,18 @@ ADAPTIVE_EPS = 1e-6  # as rae.losses.adaptive_weight
 # Pieces of a step
 # ---------------------------------------------------------------------------------------------
 class BatchAugment:
-    """DiffAugment with its draws made once for a whole batch and applied to any slice of it.
+    """DiffAugment with its draws made once for the whole global batch and applied to any slice of
+    this rank's share of it.
 
-    DiffAugment draws (B, ...) parameters per call, so augmenting micro-batches separately would
-    differ from augmenting the batch; here the same per-sample parameters follow each image.
+    DiffAugment draws (B, ...) parameters per call, so augmenting micro-batches (or ranks' shares)
+    separately would differ from augmenting the batch; here the same per-sample parameters follow
+    each image, whichever rank and micro-batch it lands in.
     """
 
-    def __init__(self, aug: DiffAugment, batch_size: int, device: torch.device) -> None:
+    def __init__(self, aug: DiffAugment, draws: StepDraws) -> None:
         self.aug = aug
-        self.use = (torch.rand(3) < aug.prob).tolist()
-        self.r = torch.rand(7, batch_size, 1, 1).to(device)
+        self.use = (draws.shared_rand(3) < aug.prob).tolist()
+        self.r = draws.rand(7).T[:, :, None, None]
 
     def __call__(self, images: torch.Tensor, start: int) -> torch.Tensor:
         """Augment ``images``, the batch's samples ``start .. start + len(images)``, in [0, 1]."""
@@ -336,8 +340,9 @@ class Stage1(Experiment):
             use_gan = disc is not None and step >= starts["gan"]
             use_disc = disc is not None and step >= starts["disc"]
             x, _ = to_device(next(stream), acc.device)
-            z = self._noised_latents(ae, x, acc)
-            augments = [BatchAugment(self.diffaug, per_rank, acc.device) for _ in range(3)] if disc else []
+            draws = StepDraws(ctx.seed, step + 1, acc, self.batch_size)
+            z = self._noised_latents(ae, x, acc, draws)
+            augments = [BatchAugment(self.diffaug, draws) for _ in range(3)] if disc else []
             index = torch.arange(per_rank, device=acc.device)
             micro = split_batch((z, x, index), self.micro_batch_size)
             gan_grads = [torch.zeros_like(p) for p in params] if use_gan else None
@@ -371,12 +376,14 @@ class Stage1(Experiment):
         return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
 
     @torch.no_grad()
-    def _noised_latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator) -> torch.Tensor:
-        """Images -> normalised float32 latents with the training noise, drawn once for the whole batch."""
+    def _noised_latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator, draws: StepDraws) -> torch.Tensor:
+        """Images -> normalised float32 latents with the training noise, drawn for the whole global batch."""
         chunks = images.split(self.micro_batch_size or images.shape[0])
         with acc.autocast():
             z = torch.cat([tokens_to_latent(ae.encoder(c), ae.encoder.token_grid).float() for c in chunks])
-        return ae.normalize(ae.add_noise(z) if ae.noise_tau > 0 else z)
+        if ae.noise_tau > 0:
+            z = ae.noised(z, draws.rand(*([1] * (z.dim() - 1))), draws.randn(*z.shape[1:]))
+        return ae.normalize(z)
 
     def _g_loss(self, mb: MicroBatch, ae: RAE, lpips: LPIPS | None, disc: DinoDiscriminator | None,
                 augments: list[BatchAugment], gan_grads: list[torch.Tensor] | None, params: list[nn.Parameter],

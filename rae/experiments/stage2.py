@@ -24,7 +24,6 @@ from rae.accelerator import Accelerator
 from rae.backbones.base import Backbone
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
-from rae.data.loader import mix_seed
 from rae.experiments.base import Experiment, RunContext
 from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
@@ -32,10 +31,19 @@ from rae.sampling.guidance import NoGuidance
 from rae.tracking.tracker import Tracker
 from rae.train.checkpoint import atomic_save
 from rae.train.data_stream import DataStream, to_device
-from rae.train.distributed import STRATEGIES, wrap_for_training
+from rae.train.distributed import (
+    STRATEGIES,
+    ShardedModuleState,
+    ShardedOptimizerState,
+    copy_whole_into,
+    follow_training,
+    whole,
+    wrap_for_training,
+)
+from rae.train.draws import StepDraws
 from rae.train.ema import EMA
 from rae.train.optim import make_adamw, make_scheduler
-from rae.train.session import TrainingSession
+from rae.train.session import RunSetting, TrainingSession
 from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
 from rae.transport.transport import TrainingPoint, Transport
 
@@ -90,32 +98,24 @@ class BatchLabelDropout:
 
 
 class GlobalBatchDraws:
-    """t, noise and label-dropout draws of the whole global batch; this rank keeps its own rows.
-
-    They come from a generator seeded by (seed, step): the same on every rank and after a resume,
-    with no state to checkpoint. The data sampler gives rank r the samples at positions r, r + W,
-    ... of the global batch (W ranks), so taking those rows draws for every sample exactly what one
-    process would: any number of ranks trains as one process with the same global batch.
-    """
+    """t, noise and label-dropout draws of the whole global batch; this rank keeps its own rows
+    (`rae.train.draws`), so any number of ranks trains as one process with the same global batch."""
 
     def __init__(self, transport: Transport, drop_labels: BatchLabelDropout, seed: int, accelerator: Accelerator,
                  global_batch: int) -> None:
         self.transport = transport
         self.drop_labels = drop_labels
         self.seed = seed
-        self.rows = slice(accelerator.rank, None, accelerator.world_size)
+        self.accelerator = accelerator
         self.global_batch = global_batch
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
-        # XLA devices have no torch.Generator: draw there on the CPU and move the draws.
-        device = x0.device if x0.device.type in ("cpu", "cuda") else torch.device("cpu")
-        generator = torch.Generator(device).manual_seed(mix_seed(self.seed, step))
-        shape, n = x0.shape[1:], self.global_batch
-        t = self.transport.sample_time(n, shape, generator=generator, device=device)[self.rows]
-        noise = torch.randn((n, *shape), generator=generator, device=device, dtype=x0.dtype)[self.rows]
-        uniform = torch.rand(n, generator=generator, device=device)[self.rows]
-        point = self.transport.point(x0, noise.to(x0.device), t.to(x0.device))
-        return point, self.drop_labels(labels, uniform.to(x0.device))
+        draws = StepDraws(self.seed, step, self.accelerator, self.global_batch)
+        t = self.transport.sample_time(self.global_batch, x0.shape[1:], generator=draws.generator,
+                                       device=draws.draw_device)[draws.rows].to(x0.device)
+        noise = draws.randn(*x0.shape[1:], dtype=x0.dtype)
+        point = self.transport.point(x0, noise, t)
+        return point, self.drop_labels(labels, draws.rand())
 
 
 class TrainableParameters:
@@ -125,7 +125,7 @@ class TrainableParameters:
         self.module = module
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.module.named_parameters() if p.requires_grad}
+        return {n: whole(p.detach()) for n, p in self.module.named_parameters() if p.requires_grad}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         expected = set(self.state_dict())
@@ -133,9 +133,8 @@ class TrainableParameters:
             raise ValueError(f"alignment state has parameters {sorted(set(state) ^ expected)} that do not match "
                              "this alignment loss; the checkpoint was written with another one")
         params = dict(self.module.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
+        for name, value in state.items():
+            copy_whole_into(params[name], value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,9 +203,9 @@ class Stage2(Experiment):
       stochastic_encode: encode with the autoencoder in training mode (SD-VAE: a fresh posterior
         sample every step, as REPA); off, RAE latents are clean (its training noise is for decoders).
       compile: ``torch.compile`` the step's module (the EMA is built from the uncompiled one).
-      parallel: under torchrun, "ddp" (replicated weights, all-reduced gradients). "fsdp" (FSDP2
-        sharding, `rae.train.distributed`) is refused for now: checkpoints and the EMA need full
-        state dicts gathered on every rank, which the session does not do yet (docs/distributed.md).
+      parallel: under torchrun, "ddp" (replicated weights, all-reduced gradients) or "fsdp" (FSDP2:
+        weights, gradients, optimiser state and the EMA sharded over the ranks; checkpoints hold
+        whole state dicts, so an "fsdp" run resumes on any number of ranks, docs/distributed.md).
       num_workers: data-loading processes per rank.
       log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
       sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
@@ -265,9 +264,6 @@ class Stage2(Experiment):
             raise ValueError(f"stage2: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
         if parallel not in STRATEGIES:
             raise ValueError(f"stage2.parallel must be one of {STRATEGIES}, got {parallel!r}")
-        if parallel == "fsdp":
-            raise ValueError("stage2.parallel = 'fsdp' is not supported yet: its checkpoints and EMA need the full "
-                             "state dicts gathered on every rank (see docs/distributed.md); use 'ddp'")
         if total_steps is None and total_epochs is None:
             raise ValueError("stage2: set the training length, total_steps or total_epochs")
         _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
@@ -368,9 +364,10 @@ class Stage2(Experiment):
                        if self.autoencoder is not None else None)
         alignment = self.alignment.to(acc.device).train() if self.alignment is not None else None
         denoiser = Denoiser(backbone, alignment)
-        # DDP broadcasts rank 0's weights here, before the EMA copies them
+        ema = EMA(backbone, self.ema_decay)  # before wrapping: a sharded module cannot be deep-copied
         step_module, grad_sync = wrap_for_training(denoiser, acc, self.parallel)
-        ema = EMA(backbone, self.ema_decay)
+        follow_training(ema.model, acc, self.parallel)
+        sharded = acc.distributed and self.parallel == "fsdp"
         if self.compile:
             step_module = torch.compile(step_module)
         params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -383,7 +380,11 @@ class Stage2(Experiment):
                                    _pick(*self.decay_end, per_epoch, total_steps), self.final_lr)
         scaler = torch.amp.GradScaler(acc.device.type) if acc.precision == "fp16" else None
         state: dict[str, Any] = {"backbone": backbone, "ema": ema, "optimizer": optimizer,
-                                 "scheduler": scheduler, "data": stream}
+                                 "scheduler": scheduler, "data": stream,
+                                 "parallel": RunSetting("stage2.parallel", self.parallel)}
+        if self.parallel == "fsdp":  # whole tensors, the optimiser's keyed by name: resumable on any number of ranks
+            state |= {"backbone": ShardedModuleState(backbone), "ema": ShardedModuleState(ema),
+                      "optimizer": ShardedOptimizerState(denoiser, optimizer)}
         if alignment is not None:
             state["alignment"] = TrainableParameters(alignment)
         if scaler is not None:
@@ -394,7 +395,7 @@ class Stage2(Experiment):
         session.resume()
         ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
                      self.batch_size, per_rank, per_epoch)
-        grid = self._sample_grid(ctx, data.num_classes)
+        grid = self._sample_grid(ctx, data.num_classes, every_rank=sharded)
         draws = GlobalBatchDraws(self.transport, drop_labels, ctx.seed, acc, self.batch_size)
 
         while not session.done:
@@ -419,8 +420,9 @@ class Stage2(Experiment):
                 grid.log(ema.model, acc, ctx.tracker, session.step)
 
         ema_path = ctx.run_dir / EMA_FILE
+        ema_state = ShardedModuleState(ema.model).state_dict() if self.parallel == "fsdp" else ema.model.state_dict()
         if acc.is_main:
-            atomic_save(ema.model.state_dict(), ema_path)
+            atomic_save(ema_state, ema_path)
         acc.barrier()
         summary = {"steps": session.step, "images": session.images, "ema": str(ema_path)}
         return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
@@ -443,8 +445,10 @@ class Stage2(Experiment):
         with acc.autocast():
             return torch.cat([autoencoder.encode(chunk).float() for chunk in chunks])
 
-    def _sample_grid(self, ctx: RunContext, num_classes: int) -> SampleGrid | None:
-        if self.autoencoder is None or self.sample_every <= 0 or not ctx.accelerator.is_main:
+    def _sample_grid(self, ctx: RunContext, num_classes: int, every_rank: bool) -> SampleGrid | None:
+        """The main rank's grid; with ``every_rank`` (a sharded EMA, whose forward is a collective)
+        every rank samples it and the main rank logs it."""
+        if self.autoencoder is None or self.sample_every <= 0 or not (ctx.accelerator.is_main or every_rank):
             if self.autoencoder is None and ctx.accelerator.is_main:
                 ctx.log.info("stage2: no autoencoder given, so no sample grids")
             return None

@@ -1,8 +1,9 @@
 """An endless, resumable stream of training batches over a dataset.
 
-Epochs roll over by themselves; the position (epoch, samples consumed in it) is part of the
-checkpoint, so a resumed run continues with exactly the samples, in the order, it would have
-seen next. With ``num_workers = 0`` random augmentations draw from the global generator, which
+Epochs roll over by themselves; the position (epoch, samples of the epoch's global order
+consumed by all ranks together) is part of the checkpoint, so a resumed run continues with
+exactly the samples, in the order, it would have seen next, on any number of ranks that divides
+that position (rank r reads positions r, r + W, ... of the global order). With ``num_workers = 0`` random augmentations draw from the global generator, which
 the checkpoint restores, so resume is exact throughout; with workers, augmentations drawn
 inside worker processes are re-drawn after a resume (samples and order stay exact).
 """
@@ -58,10 +59,14 @@ class DataStream:
             return batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "consumed": self.index * self.sampler.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.index, self._iter = int(state["epoch"]), int(state["index"]), None
+        epoch, consumed, ranks = int(state["epoch"]), int(state["consumed"]), self.sampler.world_size
+        if consumed % ranks:
+            raise ValueError(f"the checkpoint's data position (epoch {epoch}, {consumed} samples into it) cannot be "
+                             f"split over {ranks} ranks; resume on a number of ranks that divides {consumed}")
+        self.epoch, self.index, self._iter = epoch, consumed // ranks, None
 
     @property
     def batches_per_epoch(self) -> int:

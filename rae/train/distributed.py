@@ -2,7 +2,9 @@
 
 ``wrap_for_training`` returns the module the step calls and a gradient-sync handle for
 ``accumulate_gradients`` (its ``no_sync()`` skips the all-reduce on all but the last micro-batch);
-outside torchrun both are the plain module and None.
+outside torchrun both are the plain module and None. ``follow_training`` gives a copy that is not
+trained (the EMA) the same start and sharding. Sharded modules are checkpointed through
+`ShardedModuleState` / `ShardedOptimizerState`: whole state dicts, gathered by every rank together.
 """
 from __future__ import annotations
 
@@ -11,6 +13,14 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from rae.accelerator import Accelerator
@@ -45,6 +55,19 @@ def broadcast_from_rank0(module: nn.Module) -> None:
         torch.distributed.broadcast(tensor.data, src=0)
 
 
+def shard(module: nn.Module, reshard_root: bool | None = None) -> None:
+    """FSDP2 in place: every transformer block is a shard unit, then the root takes the rest.
+
+    FSDP2 keeps the root's parameters gathered after a forward for the backward that follows;
+    ``reshard_root`` True drops them at once (a module that is never trained, e.g. the EMA).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(module):
+        fully_shard(block)
+    fully_shard(module, reshard_after_forward=reshard_root)
+
+
 def wrap_for_training(module: nn.Module, accelerator: Accelerator, strategy: str = "ddp"
                       ) -> tuple[nn.Module, DistributedDataParallel | FSDPGradSync | None]:
     """(module the step calls, gradient-sync handle or None); a no-op on one process.
@@ -61,10 +84,64 @@ def wrap_for_training(module: nn.Module, accelerator: Accelerator, strategy: str
         device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
         ddp = DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
         return ddp, ddp
-    from torch.distributed.fsdp import fully_shard
-
     broadcast_from_rank0(module)
-    for block in transformer_blocks(module):
-        fully_shard(block)
-    fully_shard(module)
+    shard(module)
     return module, FSDPGradSync(module)
+
+
+def follow_training(follower: nn.Module, accelerator: Accelerator, strategy: str) -> None:
+    """Give a copy that is not trained (the EMA, made before wrapping) rank 0's weights and, under
+    "fsdp", the trained module's sharding, so it updates shard by shard without communication."""
+    if not accelerator.distributed:
+        return
+    broadcast_from_rank0(follower)
+    if strategy == "fsdp":
+        shard(follower, reshard_root=True)
+
+
+# Saving gathers the whole state onto rank 0's CPU (other ranks get {}); loading takes the whole
+# state on every rank (each reads the checkpoint file) and keeps this rank's shards.
+_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_LOAD = StateDictOptions(full_state_dict=True)
+
+
+class ShardedModuleState:
+    """Checkpoint state of a module with FSDP2-sharded parameters (or none): the whole state dict,
+    with the module's own parameter names. Collective: every rank calls both methods."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return get_model_state_dict(self.module, options=_SAVE)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        set_model_state_dict(self.module, state, options=_LOAD)
+
+
+class ShardedOptimizerState:
+    """Checkpoint state of an optimiser over FSDP2-sharded parameters (or unsharded ones), keyed by
+    parameter name rather than position, so it loads into any sharding of the same module."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.module = module
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, object]:
+        return get_optimizer_state_dict(self.module, self.optimizer, options=_SAVE)
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        set_optimizer_state_dict(self.module, self.optimizer, state, options=_LOAD)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor as a plain tensor: a sharded (DTensor) one is gathered, a collective."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+@torch.no_grad()
+def copy_whole_into(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a whole tensor into a parameter, keeping only this rank's shard when it is sharded."""
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value)

@@ -24,6 +24,23 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
+class RunSetting:
+    """A setting that fixes the layout of a checkpoint's state (e.g. sharded training keys the
+    optimiser state by parameter name): saved with it, and a resume with another value is refused."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["value"] != self.value:
+            raise ValueError(f"the checkpoint was written with {self.name} = {state['value']!r}, but this run has "
+                             f"{self.value!r}: resume it with the same setting")
+
+
 class TrainingSession:
     """Step counter, metric averaging, throughput, peak memory, periodic checkpoints, exact resume.
 
@@ -128,17 +145,15 @@ class TrainingSession:
         self._window_start = time.perf_counter()
 
     def save(self) -> None:
-        """Checkpoint every stateful object, the RNG and the progress (main rank writes)."""
+        """Checkpoint every stateful object, the RNG and the progress (main rank writes).
+
+        Every rank builds the state: a sharded model's state dict is a collective that gathers it.
+        """
         if self._sums:
             check_finite({k: float(v) for k, v in self._sums.items()}, self.step)
+        state = {name: obj.state_dict() for name, obj in self.state.items()}
         if self.ctx.accelerator.is_main:
             self.checkpointer.save(
-                {
-                    "step": self.step,
-                    "images": self.images,
-                    "rng": rng_state(),
-                    "state": {name: obj.state_dict() for name, obj in self.state.items()},
-                },
-                self.step,
+                {"step": self.step, "images": self.images, "rng": rng_state(), "state": state}, self.step
             )
         self.ctx.accelerator.barrier()

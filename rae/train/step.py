@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rae.accelerator import Accelerator
+from rae.train.distributed import whole
 
 MicroBatch = tuple[torch.Tensor, ...]
 
@@ -103,6 +104,7 @@ def optimizer_step(
         scaler.unscale_(optimizer)
     max_norm = clip_grad if clip_grad else math.inf
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    norm = whole(norm)  # FSDP2: a replicated DTensor
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
