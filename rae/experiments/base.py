@@ -54,6 +54,21 @@ class Experiment(abc.ABC):
         """Do the work; return a summary (paths written, final metrics) for the runner to print."""
 
 
+class AutoencoderExperiment(Experiment):
+    """An experiment whose one model is ``self.autoencoder`` (encoding or reconstructing a dataset)."""
+
+    autoencoder: nn.Module
+
+    def models(self) -> dict[str, nn.Module]:
+        return {"autoencoder": self.autoencoder}
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.autoencoder.latent_shape)
+
+    def tags(self) -> list[str]:
+        return [self.kind, type(self.autoencoder).__name__]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Parameters of a model, counted once even when shared (works on the meta device)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

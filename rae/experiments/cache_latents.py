@@ -26,12 +26,12 @@ from rae.data.latent_cache import (
     write_index,
     write_shard,
 )
-from rae.experiments.base import Experiment, RunContext
+from rae.experiments.base import AutoencoderExperiment, RunContext
 from rae.registry import EXPERIMENTS
 
 
 @EXPERIMENTS.register("cache_latents")
-class CacheLatents(Experiment):
+class CacheLatents(AutoencoderExperiment):
     """Latents of every image of ``dataset`` (and of its mirror image with ``flip``) into folder ``path``.
 
     Args:
@@ -75,15 +75,6 @@ class CacheLatents(Experiment):
         self.dtype = dtype
         self.flip = flip
         self.max_shards = max_shards
-
-    def models(self) -> dict[str, nn.Module]:
-        return {"autoencoder": self.autoencoder}
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.autoencoder.latent_shape)
-
-    def tags(self) -> list[str]:
-        return [self.kind, type(self.autoencoder).__name__]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rae.data.base import LabelledImages
-from rae.experiments.base import Experiment, RunContext
+from rae.experiments.base import AutoencoderExperiment, RunContext
 from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
 from rae.metrics.pixel import psnr, ssim
 from rae.registry import EXPERIMENTS
@@ -37,7 +37,7 @@ METRICS_FILE = "metrics.json"
 
 
 @EXPERIMENTS.register("reconstruct")
-class Reconstruct(Experiment):
+class Reconstruct(AutoencoderExperiment):
     """Reconstruct the first ``num_images`` of ``dataset`` with ``autoencoder``; report PSNR and SSIM.
 
     Args:
@@ -77,16 +77,6 @@ class Reconstruct(Experiment):
         self.split = split
         self.num_workers = num_workers
         self.log_every = log_every
-
-    # ---- what the runner asks ----
-    def models(self) -> dict[str, nn.Module]:
-        return {"autoencoder": self.autoencoder}
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.autoencoder.latent_shape)
-
-    def tags(self) -> list[str]:
-        return [self.kind, type(self.autoencoder).__name__]
 
     # ---- reconstruction ----
     def _count(self) -> int:

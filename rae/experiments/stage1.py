@@ -343,7 +343,7 @@ class Stage1(Experiment):
             draws = StepDraws(ctx.seed, step + 1, acc, self.batch_size)
             z = self._noised_latents(ae, x, acc, draws)
             augments = [BatchAugment(self.diffaug, draws) for _ in range(3)] if disc else []
-            index = torch.arange(per_rank, device=acc.device)
+            index = torch.arange(per_rank)  # on the host: a micro-batch's start is read without a device sync
             micro = split_batch((z, x, index), self.micro_batch_size)
             gan_grads = [torch.zeros_like(p) for p in params] if use_gan else None
             recons: list[torch.Tensor] = []
