@@ -153,6 +153,24 @@ def test_fsdp2_stage2_trains_as_one_process_and_resumes_from_its_whole_state_che
 
 
 @pytest.mark.slow
+def test_fsdp2_repa_shards_nested_encoder_layers_and_trains_as_one_process(tmp_path):
+    # REPA's target encoders are a list of encoders, each with its list of layers: nested shard units
+    bindings = ["stage2.total_steps = 2", "stage2.log_every = 1", "stage2.checkpoint_every = 2",
+                "stage2.sample_every = 0", "embedded.size = 16", "stage2.parallel = 'fsdp'"]
+    for name, command in (("one", single()), ("two", torchrun(2))):
+        result = launch(command, "experiments/repa_tiny.gin", [f"run.run_root = '{tmp_path / name}'", *bindings])
+        assert result.returncode == 0, result.stderr[-3000:]
+    (loss_one,), (loss_two,) = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(loss_one) == 2 and loss_two == pytest.approx(loss_one, rel=1e-5)
+    (state_one, state_two) = (checkpoint_state(next(tmp_path.glob(f"{name}/repa_tiny/*")))["state"]
+                              for name in ("one", "two"))
+    for name in ("backbone", "alignment", "ema"):  # the alignment: the projectors only, whole
+        assert state_two[name].keys() == state_one[name].keys() and state_one[name]
+        for key, value in state_one[name].items():
+            torch.testing.assert_close(state_two[name][key], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_rank_that_dies_ends_the_whole_job_with_an_error_in_bounded_time(tmp_path):
     start = time.monotonic()
     result = run(torchrun(2) + ["--import", "plugins_for_tests.dying_rank"], tmp_path,

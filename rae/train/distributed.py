@@ -63,7 +63,9 @@ def shard(module: nn.Module, reshard_root: bool | None = None) -> None:
     """
     from torch.distributed.fsdp import fully_shard
 
-    for block in transformer_blocks(module):
+    # inner units first (FSDP2 cannot shard a module whose parameters an outer unit already holds):
+    # REPA's list of encoders holds each encoder's list of layers
+    for block in reversed(transformer_blocks(module)):
         fully_shard(block)
     fully_shard(module, reshard_after_forward=reshard_root)
 
