@@ -106,12 +106,13 @@ class RAE(nn.Module, Pretrained):
             return z
         return z * torch.sqrt(self.latent_var + self.stats_eps) + self.latent_mean
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, decoder: nn.Module | None = None) -> torch.Tensor:
         """Latents (B, C, h, w) -> images (B, 3, h*p, w*p) on the [0, 1] scale, not clamped.
 
         The decoder predicts pixels normalised like the encoder's inputs; they are mapped back here.
+        ``decoder`` replaces ``self.decoder`` (stage 1: its DDP wrapper or its EMA copy).
         """
-        pixels = self.decoder(self.denormalize(z))
+        pixels = (self.decoder if decoder is None else decoder)(self.denormalize(z))
         mean = pixels.new_tensor(self.encoder.pixel_mean).view(1, -1, 1, 1)
         std = pixels.new_tensor(self.encoder.pixel_std).view(1, -1, 1, 1)
         return pixels * std + mean

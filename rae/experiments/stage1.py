@@ -86,14 +86,6 @@ class BatchAugment:
         return ((x + 1.0) / 2.0).to(images.dtype)
 
 
-def decode_with(autoencoder: RAE, decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """``autoencoder.decode`` through another decoder module (the DDP wrapper or the EMA copy)."""
-    pixels = decoder(autoencoder.denormalize(z))
-    mean = pixels.new_tensor(autoencoder.encoder.pixel_mean).view(1, -1, 1, 1)
-    std = pixels.new_tensor(autoencoder.encoder.pixel_std).view(1, -1, 1, 1)
-    return pixels * std + mean
-
-
 def all_reduce_mean(tensors: list[torch.Tensor], acc: Accelerator) -> None:
     """Average tensors over ranks in place (gradients that DDP does not reduce)."""
     if not acc.distributed:
@@ -129,7 +121,7 @@ class ReconstructionGrid:
         with acc.autocast():
             z = autoencoder.normalize(tokens_to_latent(autoencoder.encoder(self.images),
                                                        autoencoder.encoder.token_grid))
-            recon = decode_with(autoencoder, ema_decoder, z)
+            recon = autoencoder.decode(z, ema_decoder)
         grid = torch.cat([self.images, recon.float().clamp(0, 1)])
         captions = ([f"original, class {c}" for c in self.labels]
                     + [f"EMA reconstruction, class {c}" for c in self.labels])
@@ -390,7 +382,7 @@ class Stage1(Experiment):
                 per_rank: int, recons: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A micro-batch's reconstruction loss (returned for backward); its GAN gradient goes to ``gan_grads``."""
         z, x, index = mb
-        recon = decode_with(ae, self._step_decoder, z)
+        recon = ae.decode(z, self._step_decoder)
         recons.append(recon.detach())
         l1 = (recon.float() - x).abs().mean()
         zero = l1.new_zeros(())
