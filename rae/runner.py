@@ -301,6 +301,8 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
         accelerator = None if args.dry_run else _accelerator()
         if accelerator is not None:
             accelerators.append(accelerator)
+            # under torchrun every rank would log the same (rank-averaged) lines: rank 0 speaks for all
+            log.setLevel(logging.NOTSET if accelerator.is_main else logging.WARNING)
         # The folder is chosen (not made) before building, so `@run_file()` paths resolve in it.
         stem = Path(args.gin[-1]).stem
         folder = _agree_on_folder(accelerator, lambda: choose_run_folder(
@@ -330,6 +332,8 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
         traceback.print_exc()
         print(f"run failed after {time.time() - start:.0f}s; run folder: {folder.path}", file=sys.stderr)
         return 1
+    if not accelerator.is_main:
+        return 0
     print(f"done in {time.time() - start:.0f}s; run folder: {folder.path}")
     for key, value in (summary or {}).items():
         print(f"  {key}: {value}")
