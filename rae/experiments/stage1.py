@@ -11,11 +11,12 @@ One optimiser step over this rank's share of the global batch:
   4. D: hinge loss on diffaug(images) vs diffaug(quantize_8bit(recon)) of the same step's detached
      reconstructions, per micro-batch; the heads' own AdamW.
 
-Batch equivalence (any split into micro-batches or ranks): random draws happen per global batch, losses are means weighted by share, the adaptive
-weight uses gradients summed over micro-batches and averaged over ranks (the reference computes it
-per micro-batch and per rank), and the heads' spectral norm does one power iteration per D step
-with the heads in eval mode otherwise (the reference iterates on every discriminator forward, so
-its discriminator depends on how the batch is split).
+Batch equivalence (any split into micro-batches or ranks): random draws happen per global batch,
+losses are means weighted by share, the adaptive weight uses gradients summed over micro-batches
+and averaged over ranks (the reference computes it per micro-batch and per rank), and the heads'
+spectral norm does one power iteration per D step with the heads in eval mode otherwise (the
+reference iterates on every discriminator forward, so its discriminator depends on how the batch
+is split).
 """
 from __future__ import annotations
 

@@ -111,8 +111,8 @@ class GlobalBatchDraws:
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
         draws = StepDraws(self.seed, step, self.accelerator, self.global_batch)
-        t = self.transport.sample_time(self.global_batch, x0.shape[1:], generator=draws.generator,
-                                       device=draws.draw_device)[draws.rows].to(x0.device)
+        t = draws.keep(self.transport.sample_time(self.global_batch, x0.shape[1:], generator=draws.generator,
+                                                  device=draws.draw_device))
         noise = draws.randn(*x0.shape[1:], dtype=x0.dtype)
         point = self.transport.point(x0, noise, t)
         return point, self.drop_labels(labels, draws.rand())

@@ -3,9 +3,10 @@
 Epochs roll over by themselves; the position (epoch, samples of the epoch's global order
 consumed by all ranks together) is part of the checkpoint, so a resumed run continues with
 exactly the samples, in the order, it would have seen next, on any number of ranks that divides
-that position (rank r reads positions r, r + W, ... of the global order). With ``num_workers = 0`` random augmentations draw from the global generator, which
-the checkpoint restores, so resume is exact throughout; with workers, augmentations drawn
-inside worker processes are re-drawn after a resume (samples and order stay exact).
+that position (rank r reads positions r, r + W, ... of the global order). With
+``num_workers = 0`` random augmentations draw from the global generator, which the checkpoint
+restores, so resume is exact throughout; with workers, augmentations drawn inside worker
+processes are re-drawn after a resume (samples and order stay exact).
 """
 from __future__ import annotations
 
