@@ -36,7 +36,7 @@ from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable
 from rae.tracking.tracker import Tracker
-from rae.weights import WeightsNotFound
+from rae.weights import UnusableWeights, WeightsNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _REQUIRED = re.compile(r"^(\S+) set to `%gin.REQUIRED` but not subsequently overridden")
@@ -325,7 +325,7 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
     start = time.time()
     try:
         summary = execute(spec, folder, accelerator, experiment_name=stem)
-    except (WeightsNotFound, TrackerUnavailable) as exc:
+    except (WeightsNotFound, UnusableWeights, TrackerUnavailable) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file
@@ -50,22 +50,36 @@ def missing_weights(what: str, tried: str, how: str, allow_random: bool, log: lo
         )
     log.warning("RANDOM WEIGHTS for %s: tried %s; allowed by run.allow_random_weights", what, tried)
 
+
+class UnusableWeights(ValueError):
+    """A weights or stats file exists but cannot be used: the message names the file and what was expected."""
+
+
 class StateDictMismatch(RuntimeError):
     """A checkpoint does not fit a module: lists every missing and unexpected key."""
+
+
+def load_file_named(path: str | Path, expected: str) -> Any:
+    """``torch.load`` (weights only) or safetensors of ``path``; an unreadable file names itself and ``expected``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports truncation, text and pickles in many exception types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnusableWeights(f"{path}: cannot read it as {expected} ({type(exc).__name__}: {detail})") from exc
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``torch.save`` file (weights only), opening {"ema"|"model": ...}."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_file_named(path, "a state dict (name -> tensor)")
     if isinstance(state, dict):
         wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
         state = state[wrapper] if wrapper else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
+        raise UnusableWeights(
             f"{path}: expected a state dict (name -> tensor), optionally under 'ema' or 'model'; "
             f"got {type(state).__name__} with keys {list(state)[:5] if isinstance(state, dict) else []}"
         )

@@ -29,7 +29,7 @@ def test_latent_stats_run_writes_folder_and_aim_run(tmp_path, caplog):
     for name in ("config.gin", "operative_config.gin", "stat.pt", "DONE"):
         assert (folder / name).exists(), name
     stats = torch.load(folder / "stat.pt", weights_only=True)
-    assert stats["mean"].shape == (1, 384, 1, 1)
+    assert stats["mean"].shape == (384, 2, 2)  # per position, as RAE's calculate_stat.py writes it
     assert "RANDOM WEIGHTS" in caplog.text
 
     repo = Repo(str(tmp_path / "runs"))

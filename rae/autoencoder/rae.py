@@ -1,7 +1,7 @@
 """The representation autoencoder of the RAE paper: frozen encoder, trainable decoder.
 
 Ranges: ``encode`` takes images in [0, 1] (any size; the encoder resizes) and returns latents
-(B, C, h, w), normalised per channel by the stats when a stats file is given, raw otherwise.
+(B, C, h, w), normalised by the stats (per channel and position) when a stats file is given, raw otherwise.
 ``decode`` takes such latents and returns images on the [0, 1] scale, not clamped.
 """
 from __future__ import annotations
@@ -13,11 +13,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from rae.autoencoder.stats import read_latent_stats
 from rae.decoders.base import Decoder
+from rae.decoders.checkpoint import read_decoder_state
 from rae.encoders.base import Encoder
 from rae.encoders.tokens import tokens_to_latent
+from rae.hub import resolve
 from rae.registry import AUTOENCODERS
-from rae.weights import Pretrained, load_checked, missing_weights, read_state_dict
+from rae.weights import Pretrained, load_checked, missing_weights
 
 RELEASE_HINT = (
     "RAE's released files are on the Hugging Face hub, repo nyu-visionx/RAE-collections "
@@ -31,8 +34,10 @@ class RAE(nn.Module, Pretrained):
 
     ``decoder`` is a factory called with ``in_channels`` and ``token_grid`` of the encoder (gin:
     ``@decoder.vit``), or a built `Decoder` that must already fit the encoder. ``stats_path``
-    (a ``stat.pt``: {"mean", "var"} of shape (1, C, 1, 1)) and ``decoder_path`` (our decoder state
-    dict or the release's ``model.pt``) are read by ``load_pretrained``, never at construction.
+    (a ``stat.pt`` in any published layout, see `rae.autoencoder.stats`) and ``decoder_path``
+    (a decoder or stage-1 training checkpoint, ours or the release's, see
+    `rae.decoders.checkpoint`) are read by ``load_pretrained``, never at construction; both also
+    take ``hf://ORG/REPO/path[@revision]`` hub paths.
     """
 
     def __init__(
@@ -58,10 +63,9 @@ class RAE(nn.Module, Pretrained):
         self.stats_path = stats_path
         self.decoder_path = decoder_path
         self.stats_eps = stats_eps
-        if stats_path is not None:
-            channels = encoder.hidden_size
-            self.register_buffer("latent_mean", torch.zeros(1, channels, 1, 1))
-            self.register_buffer("latent_var", torch.ones(1, channels, 1, 1))
+        if stats_path is not None:  # (1, C, h, w): per position, whatever layout the file has (rae.autoencoder.stats)
+            self.register_buffer("latent_mean", torch.zeros(1, *self.latent_shape))
+            self.register_buffer("latent_var", torch.ones(1, *self.latent_shape))
 
     # ---- shapes ----
     @property
@@ -94,7 +98,7 @@ class RAE(nn.Module, Pretrained):
         return z + self.noise_tau * uniform * normal
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """(z - mean) / sqrt(var + eps) per channel; the identity without stats."""
+        """(z - mean) / sqrt(var + eps) per channel and position; the identity without stats."""
         if not self.normalizes:
             return z
         return (z - self.latent_mean) / torch.sqrt(self.latent_var + self.stats_eps)
@@ -125,16 +129,16 @@ class RAE(nn.Module, Pretrained):
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
         """Read the latent stats and the decoder checkpoint; the encoder loads its own weights."""
         if self.stats_path is not None:
-            self._load_stats(Path(self.stats_path), allow_random, log)
+            self._load_stats(resolve(self.stats_path, "the RAE latent stats"), allow_random, log)
         if self.decoder_path is None:
             log.info("RAE decoder: no decoder_path, starting from its initialisation")
             return
-        path = Path(self.decoder_path)
+        path = resolve(self.decoder_path, "the RAE decoder")
         if not path.is_file():
             missing_weights("the RAE decoder", str(path), f"Pass decoder_path = a decoder checkpoint; {RELEASE_HINT}.",
                             allow_random, log)
             return
-        state = self.decoder.import_state_dict(read_state_dict(path))
+        state = self.decoder.import_state_dict(read_decoder_state(path))
         load_checked(self.decoder, state, "RAE decoder", path)
         log.info("RAE decoder: loaded %s", path)
 
@@ -144,14 +148,7 @@ class RAE(nn.Module, Pretrained):
                             f"Pass stats_path = a stat.pt (the latent_stats experiment writes one); {RELEASE_HINT}.",
                             allow_random, log)
             return
-        stats = read_state_dict(path)
-        channels = self.latent_shape[0]
-        for name, buffer in (("mean", self.latent_mean), ("var", self.latent_var)):
-            value = stats.get(name)
-            if value is None or value.numel() != channels:
-                raise ValueError(
-                    f"{path}: expected {{'mean', 'var'}} tensors of shape (1, {channels}, 1, 1); "
-                    f"'{name}' is {None if value is None else tuple(value.shape)}"
-                )
-            buffer.copy_(value.reshape(buffer.shape))
+        mean, var = read_latent_stats(path, self.latent_shape)
+        self.latent_mean.copy_(mean)
+        self.latent_var.copy_(var)
         log.info("RAE latent stats: loaded %s", path)

@@ -1,7 +1,11 @@
-"""`latent_stats`: per-channel mean and variance of an encoder's latents over a dataset.
+"""`latent_stats`: mean and variance of an encoder's latents over a dataset, as ``stat.pt``.
 
-The result is saved in the layout of RAE's released ``stat.pt`` files,
-``{"mean": (1, C, 1, 1), "var": (1, C, 1, 1)}``, which the autoencoder normalises with.
+By default one mean and variance per latent position, ``{"mean": (C, h, w), "var": (C, h, w)}``:
+the layout of RAE's ``calculate_stat.py`` and its released files, which RAE's own reader loads
+unchanged. Unlike that script, the moments are exact: float64 streaming (Chan's parallel
+update) over the whole dataset, merged exactly across ranks, where the reference keeps a
+momentum-0.1 running average that starts from mean 0 / var 1 and weights the last batches
+most. ``per_channel = True`` writes one value per channel, (1, C, 1, 1), instead.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import torch.distributed as dist
 from rae.data.base import LabelledImages
 from rae.data.loader import ResumableSampler, make_loader
 from rae.encoders.base import Encoder
+from rae.encoders.tokens import tokens_to_latent
 from rae.experiments.base import Experiment, RunContext
 from rae.moments import RunningMoments
 from rae.registry import EXPERIMENTS
@@ -22,7 +27,7 @@ from rae.train.checkpoint import atomic_save
 
 @EXPERIMENTS.register("latent_stats")
 class LatentStats(Experiment):
-    """Encode ``dataset`` (or its first ``max_images``) and accumulate float64 channel moments."""
+    """Encode ``dataset`` (or its first ``max_images``) and accumulate float64 moments per position or channel."""
 
     kind = "latent_stats"
 
@@ -35,6 +40,7 @@ class LatentStats(Experiment):
         max_images: int | None = None,
         output: str = "stat.pt",
         log_every: int = 50,
+        per_channel: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"latent_stats.batch_size must be positive, got {batch_size}")
@@ -45,6 +51,7 @@ class LatentStats(Experiment):
         self.max_images = max_images
         self.output = output
         self.log_every = log_every
+        self.per_channel = per_channel
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"encoder": self.encoder}
@@ -63,22 +70,21 @@ class LatentStats(Experiment):
                                    world_size=acc.world_size, drop_last=False)
         loader = make_loader(self.dataset, self.batch_size, sampler, self.num_workers,
                              pin_memory=acc.device.type == "cuda")
-        moments = RunningMoments(encoder.hidden_size)
+        c, (h, w) = encoder.hidden_size, encoder.token_grid
+        moments = RunningMoments(c if self.per_channel else c * h * w)
         start, seen = time.time(), 0
         with torch.no_grad():
             for i, (images, _) in enumerate(loader):
                 with acc.autocast():
                     tokens = encoder(images.to(acc.device, non_blocking=True))
-                moments.update(tokens)
+                moments.update(tokens if self.per_channel else tokens_to_latent(tokens, (h, w)).flatten(1))
                 seen += images.shape[0]
                 if (i + 1) % self.log_every == 0:
                     ctx.log.info("latent_stats: %d / %d images", seen * acc.world_size, total)
                     ctx.tracker.track("images_per_s", seen / (time.time() - start), seen)
         moments = _merge_across_ranks(moments, acc.device) if acc.distributed else moments
-        stats = {
-            "mean": moments.mean.float().view(1, -1, 1, 1),
-            "var": moments.var.float().view(1, -1, 1, 1),
-        }
+        layout = (1, c, 1, 1) if self.per_channel else (c, h, w)
+        stats = {"mean": moments.mean.float().view(layout), "var": moments.var.float().view(layout)}
         out = ctx.run_dir / self.output
         if acc.is_main:
             atomic_save(stats, out)
@@ -88,8 +94,9 @@ class LatentStats(Experiment):
                 ctx.tracker.track(f"latent_{name}_max", values.max().item(), 0)
             ctx.tracker.log_text("latent_stats", _table(stats))
         acc.barrier()
-        return {"stats": str(out), "images": moments.count // (encoder.token_grid[0] * encoder.token_grid[1]),
-                "channels": encoder.hidden_size}
+        images = moments.count // (h * w) if self.per_channel else moments.count
+        return {"stats": str(out), "images": images, "layout": "per channel" if self.per_channel else "per position",
+                "channels": c}
 
 
 def _merge_across_ranks(local: RunningMoments, device: torch.device) -> RunningMoments:
@@ -107,6 +114,8 @@ def _merge_across_ranks(local: RunningMoments, device: torch.device) -> RunningM
 
 
 def _table(stats: dict[str, torch.Tensor]) -> str:
-    mean, var = stats["mean"].flatten(), stats["var"].flatten()
+    """Channel, mean and variance (averaged over positions in the per-position layout)."""
+    channels = stats["mean"].shape[-3]
+    mean, var = (stats[k].reshape(channels, -1).mean(1) for k in ("mean", "var"))
     rows = [f"{c}\t{m:.6f}\t{v:.6f}" for c, (m, v) in enumerate(zip(mean.tolist(), var.tolist()))]
     return "channel\tmean\tvar\n" + "\n".join(rows)

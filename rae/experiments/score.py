@@ -12,6 +12,7 @@ from torch import nn
 
 from rae.data.base import LabelledImages
 from rae.experiments.base import Experiment, RunContext
+from rae.hub import resolve
 from rae.metrics.evaluate import (
     Reference,
     features_of_npz,
@@ -63,8 +64,9 @@ class Evaluate(Experiment):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator
         files = [("eval.samples", self.samples)]
-        if isinstance(self.reference, (str, os.PathLike)):
-            files.append(("eval.reference", self.reference))
+        reference_file = isinstance(self.reference, (str, os.PathLike))
+        if reference_file:
+            files.append(("eval.reference", resolve(self.reference, "eval.reference")))
         for binding, path in files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{binding}: no such file {os.fspath(path)}; expected an ADM-style .npz "
@@ -72,7 +74,7 @@ class Evaluate(Experiment):
         metrics: dict[str, Any] = {}
         if acc.is_main:  # one pass over two files: the other ranks have nothing to share
             inception = self.inception.to(acc.device).eval()
-            reference = self._reference(inception, acc.device)
+            reference = self._reference(files[1][1] if reference_file else self.reference, inception, acc.device)
             samples = features_of_npz(self.samples, inception, self.batch_size, acc.device)
             scores = sample_metrics(samples, reference, device=acc.device)
             metrics = {f"{self.prefix}{name}": value for name, value in scores.items()}
@@ -88,10 +90,10 @@ class Evaluate(Experiment):
         acc.barrier()
         return metrics
 
-    def _reference(self, inception: InceptionV3, device: Any) -> Reference:
-        if isinstance(self.reference, (str, os.PathLike)):
-            return load_reference(self.reference, inception, self.batch_size, device)
-        features = extract_features(inception, _uint8_batches(self.reference, self.batch_size), device)
+    def _reference(self, reference: Path | LabelledImages, inception: InceptionV3, device: Any) -> Reference:
+        if isinstance(reference, Path):
+            return load_reference(reference, inception, self.batch_size, device)
+        features = extract_features(inception, _uint8_batches(reference, self.batch_size), device)
         return Reference(GaussianStats.of(features.pool), GaussianStats.of(features.spatial), features.pool)
 
 

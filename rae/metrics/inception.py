@@ -18,6 +18,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 )
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from rae.hub import resolve
 from rae.metrics.features import FeatureExtractor, InceptionFeatures
 from rae.weights import Pretrained, missing_weights
 
@@ -62,7 +63,7 @@ class InceptionV3(FeatureExtractor, Pretrained):
 
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
         """Load the converted TF weights from ``weights_path`` or the torch.hub cache; download only if asked."""
-        path = Path(self.weights_path) if self.weights_path else default_weights_path()
+        path = resolve(self.weights_path, "the FID Inception weights") if self.weights_path else default_weights_path()
         if not path.is_file() and self.download and not self.weights_path:
             log.info("downloading the FID Inception weights from %s to %s", WEIGHTS_URL, path)
             path.parent.mkdir(parents=True, exist_ok=True)

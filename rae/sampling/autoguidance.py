@@ -6,12 +6,12 @@ conditional on the same labels, inside [t_min, t_max]; the main model's velocity
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from rae.backbones.release import load_release_state
+from rae.hub import resolve
 from rae.registry import GUIDANCE
 from rae.sampling.base import VelocityFn
 from rae.sampling.guidance import (
@@ -42,14 +42,15 @@ class Autoguidance(nn.Module, Pretrained, Guidance):
 
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
         """Load the guide's released (or our own) checkpoint with the reference key names."""
-        if self.checkpoint is None or not Path(self.checkpoint).is_file():
+        path = None if self.checkpoint is None else resolve(self.checkpoint, "the autoguidance guide")
+        if path is None or not path.is_file():
             missing_weights(
                 "the autoguidance guide model", f"checkpoint={self.checkpoint!r}",
                 "Set `autoguidance.checkpoint` to the guide's .pt file (RAE releases DiT-DH-S "
                 "guides in nyu-visionx/RAE-collections)", allow_random, log,
             )
             return
-        load_release_state(self.guide, self.checkpoint)
+        load_release_state(self.guide, path)
         log.info("autoguidance guide loaded from %s", self.checkpoint)
 
     def velocity_fn(
