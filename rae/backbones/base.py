@@ -1,7 +1,18 @@
 """The backbone interface: the stage-2 network f(x_t, t, y) -> prediction with the shape of x_t.
 
-Every backbone is class-conditional with a null label (``null_label == num_classes``) for
-guidance, and can hand out its intermediate tokens for REPA:
+The condition ``y`` is a tensor whose meaning the backbone defines and names in ``condition``:
+
+- ``"label"`` (LightningDiT, DiT-DH, SiT; the default): class ids (B,) with a null label
+  (``null_label == num_classes``) for guidance;
+- ``"context"`` (MMDiT): a (B, L, context_dim) sequence of caption features. The
+  unconditional condition is the empty caption's context, which comes with the data, not
+  with the model, so classifier-free guidance takes it as ``null_condition``; such a
+  backbone has no ``num_classes`` or ``null_label``.
+
+``check_condition`` validates y for the backbone's kind (a subclass with another condition
+overrides it); code that makes y reads ``condition`` to know which kind it must make.
+
+Every backbone can hand out its intermediate tokens for REPA:
 ``forward(x, t, y, return_tokens_at=k)`` returns ``(out, tokens)``, where ``tokens`` (B, N,
 ``token_width(k)``) are the hidden tokens after the first ``k`` transformer blocks (k counts
 from 1, as REPA's ``encoder_depth``), so a projector is built as ``MLP(token_width(k), ...)``.
@@ -18,6 +29,7 @@ from rae.nn.position import sincos_2d_position_embedding
 from rae.nn.rope import RotaryEmbedding2D
 
 BackboneOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+CONDITIONS = ("label", "context")
 
 
 class Backbone(nn.Module, abc.ABC):
@@ -27,6 +39,13 @@ class Backbone(nn.Module, abc.ABC):
     input_size: int
     patch_size: int
     y_embedder: LabelEmbedder
+    condition: str = "label"
+    """What ``y`` is, one of ``CONDITIONS`` (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.condition not in CONDITIONS:
+            raise ValueError(f"{cls.__name__}.condition = {cls.condition!r}; expected one of {', '.join(CONDITIONS)}")
 
     def __init__(self, in_channels: int, input_size: int, patch_size: int) -> None:
         super().__init__()
@@ -72,7 +91,7 @@ class Backbone(nn.Module, abc.ABC):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None
     ) -> BackboneOutput:
-        """x (B, C, H, W), t (B,) in [0, 1] (1 = noise), y (B,) labels -> same shape as x [, tokens]."""
+        """x (B, C, H, W), t (B,) in [0, 1] (1 = noise), y the condition -> same shape as x [, tokens]."""
 
     def check_inputs(
         self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor, return_tokens_at: int | None
@@ -88,16 +107,20 @@ class Backbone(nn.Module, abc.ABC):
             t = t.expand(batch)
         if tuple(t.shape) != (batch,):
             raise ValueError(f"{name} expects t of shape ({batch},) or a scalar, got {tuple(t.shape)}")
-        if tuple(y.shape) != (batch,):
-            raise ValueError(f"{name} expects labels y of shape ({batch},), got {tuple(y.shape)}")
+        self.check_condition(y, batch)
         if return_tokens_at is not None and not 1 <= return_tokens_at <= self.num_blocks:
             raise ValueError(
                 f"{name}: return_tokens_at={return_tokens_at} is outside its blocks 1..{self.num_blocks}"
             )
         return t
 
-    def reset_position_embedding(self, pos_embed: nn.Parameter | None) -> None:
-        """Fill a frozen (1, N, dim) position embedding with the 2-D sin-cos one."""
+    def check_condition(self, y: torch.Tensor, batch: int) -> None:
+        """Class labels: y of shape (batch,); backbones with another ``condition`` override this."""
+        if tuple(y.shape) != (batch,):
+            raise ValueError(f"{type(self).__name__} expects labels y of shape ({batch},), got {tuple(y.shape)}")
+
+    def reset_position_embedding(self, pos_embed: torch.Tensor | None) -> None:
+        """Fill a frozen (1, N, dim) position embedding (parameter or buffer) with the 2-D sin-cos one."""
         if pos_embed is not None and not pos_embed.is_meta:
             with torch.no_grad():
                 pos_embed.copy_(sincos_2d_position_embedding(pos_embed.shape[-1], self.grid_size)[None])

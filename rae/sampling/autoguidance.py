@@ -54,7 +54,12 @@ class Autoguidance(nn.Module, Pretrained, Guidance):
         log.info("autoguidance guide loaded from %s", self.checkpoint)
 
     def velocity_fn(
-        self, model: Predictor, *, to_velocity: ToVelocity | None = None, num_classes: int | None = None
+        self,
+        model: Predictor,
+        *,
+        to_velocity: ToVelocity | None = None,
+        num_classes: int | None = None,
+        null_condition: torch.Tensor | None = None,
     ) -> VelocityFn:
         main = as_velocity(model, to_velocity)
         if self.scale == 1.0:

@@ -13,7 +13,7 @@ import torch
 from rae.sampling.time_grid import resolve_shift, time_grid
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""``v(x_t (B, ...), t (B,), y (B,) or None) -> velocity (B, ...)``, with dx/dt = v."""
+"""``v(x_t (B, ...), t (B,), y (B, ...) or None) -> velocity (B, ...)``, dx/dt = v; y: labels or a context."""
 
 
 class PathCoefficients(Protocol):

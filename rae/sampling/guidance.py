@@ -17,7 +17,7 @@ from rae.registry import GUIDANCE
 from rae.sampling.base import VelocityFn
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""A network call ``model(x_t, t, y) -> prediction`` (velocity, noise or score)."""
+"""A network call ``model(x_t, t, y) -> prediction`` (velocity, noise or score); y: labels or a context."""
 ToVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(prediction, x_t, t) -> velocity``, e.g. ``Transport.velocity``; None means the model predicts velocity."""
 
@@ -27,10 +27,17 @@ class Guidance(abc.ABC):
 
     @abc.abstractmethod
     def velocity_fn(
-        self, model: Predictor, *, to_velocity: ToVelocity | None = None, num_classes: int | None = None
+        self,
+        model: Predictor,
+        *,
+        to_velocity: ToVelocity | None = None,
+        num_classes: int | None = None,
+        null_condition: torch.Tensor | None = None,
     ) -> VelocityFn:
         """The guided velocity of ``model``; ``num_classes`` is also the null label of class dropout
-        (classifier-free guidance falls back to the model's ``null_label``)."""
+        (classifier-free guidance falls back to the model's ``null_label``); ``null_condition``, a
+        tensor broadcastable to y, replaces the null label for a backbone whose condition is not a
+        label (MMDiT: the empty caption's context)."""
 
 
 def as_velocity(model: Predictor, to_velocity: ToVelocity | None) -> VelocityFn:
@@ -74,6 +81,11 @@ class NoGuidance(Guidance):
     """The conditional prediction as it is."""
 
     def velocity_fn(
-        self, model: Predictor, *, to_velocity: ToVelocity | None = None, num_classes: int | None = None
+        self,
+        model: Predictor,
+        *,
+        to_velocity: ToVelocity | None = None,
+        num_classes: int | None = None,
+        null_condition: torch.Tensor | None = None,
     ) -> VelocityFn:
         return as_velocity(model, to_velocity)
