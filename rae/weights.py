@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -59,16 +59,26 @@ class StateDictMismatch(RuntimeError):
     """A checkpoint does not fit a module: lists every missing and unexpected key."""
 
 
-def load_file_named(path: str | Path, expected: str) -> Any:
-    """``torch.load`` (weights only) or safetensors of ``path``; an unreadable file names itself and ``expected``."""
+def load_file_named(path: str | Path, expected: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load`` (weights only, plus ``safe_globals``) or safetensors of ``path``; an unreadable file
+    names itself and ``expected``."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports truncation, text and pickles in many exception types
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnusableWeights(f"{path}: cannot read it as {expected} ({type(exc).__name__}: {detail})") from exc
+        raise UnusableWeights(f"{path}: cannot read it as {expected} ({_load_error(exc)})") from exc
+
+
+def _load_error(exc: Exception) -> str:
+    """The telling line of a load error; a pickle refused by weights-only loading names the global it holds."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    unpickler = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
+    if unpickler:
+        return f"refused by weights_only loading, which runs no pickled code: {unpickler.split(':', 1)[1].strip()}"
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -94,7 +94,7 @@ def test_stages_run_in_order_in_subfolders_reading_each_others_files(tmp_path):
     latents = torch.stack([cache[i][0] for i in range(len(cache))]).double()
     per_channel = latents.transpose(0, 1).flatten(1)
     assert per_channel.mean(1).abs().max() < 1e-3 and (per_channel.var(1) - 1).abs().max() < 0.1
-    assert stats["mean"].shape[1] == 384
+    assert stats["mean"].shape == (384, *latents.shape[2:])  # per position, RAE's layout
 
     # every stage logs into the one Aim run, under its name
     run_names = {m.name for m in Repo(str(tmp_path / "runs")).query_metrics("").iter()}

@@ -15,6 +15,7 @@ from torch import nn
 
 from rae.backbones.ditdh import DiTDH
 from rae.backbones.lightningdit import LightningDiT
+from rae.weights import UnusableWeights, load_file_named
 
 # The reference classes' constructor defaults (RAE's stage2/models), used for keys a config omits.
 _REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -142,15 +143,19 @@ def _listing(keys: list[str], limit: int = 12) -> str:
 
 
 def load_release_state(
-    model: nn.Module, state_or_path: Mapping[str, Any] | str | os.PathLike, prefer: str = "ema"
+    model: nn.Module, state_or_path: Mapping[str, Any] | str | os.PathLike, prefer: str = "ema",
+    source: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Load a released (or our own) state dict into ``model``, in place; returns ``model``.
 
     Accepts a raw state dict, a checkpoint dict with ``ema`` / ``model`` entries (``prefer``
-    picks), or a path to either. Raises listing missing, unexpected and mis-shaped keys.
+    picks), or a path to either. Raises listing missing, unexpected and mis-shaped keys, and
+    the file (``source``, or the path given) they came from.
     """
-    if isinstance(state_or_path, (str, os.PathLike)):
-        state_or_path = torch.load(state_or_path, map_location="cpu", weights_only=True)
+    path_given = isinstance(state_or_path, (str, os.PathLike))
+    source = f" from {os.fspath(state_or_path if path_given else source)}" if path_given or source else ""
+    if path_given:
+        state_or_path = load_file_named(state_or_path, "a checkpoint (state dict, or a dict with 'ema' / 'model')")
     rename = _KEY_MAPS.get(type(model), lambda _model, key: key)
     state = {rename(model, _strip_wrappers(k)): v for k, v in select_weights(state_or_path, prefer).items()}
 
@@ -169,6 +174,6 @@ def load_release_state(
     if missing or unexpected or mis_shaped:
         problems = [f"{label}: {_listing(keys)}" for label, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)) if keys]
-        raise ValueError(f"state dict does not fit {type(model).__name__}; " + "; ".join(problems))
+        raise UnusableWeights(f"state dict{source} does not fit {type(model).__name__}; " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return model

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from rae.backbones.base import Backbone
-from rae.backbones.release import load_release_state
 from rae.experiments.base import Experiment, RunContext
 from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
+from rae.hub import resolve
 from rae.registry import EXPERIMENTS
+from rae.repa.checkpoint import load_repa_checkpoint
 from rae.sampling.base import Sampler
 from rae.sampling.guidance import Guidance
 from rae.transport.transport import Transport
@@ -130,14 +130,20 @@ class Sample(Experiment):
         return [self.kind, type(self.backbone).__name__, type(self.sampler).__name__, type(self.guidance).__name__]
 
     def load_weights(self, allow_random: bool, log: logging.Logger) -> None:
-        """The backbone's weights from ``weights_path``, then every pretrained part (encoder, decoder, guide)."""
-        if self.weights_path is None or not Path(self.weights_path).is_file():
+        """The backbone's weights from ``weights_path``, then every pretrained part (encoder, decoder, guide).
+
+        A REPA checkpoint's projector heads (``projectors.*``) serve only the alignment loss and are
+        left out by name; any other key the backbone lacks is refused.
+        """
+        path = None if self.weights_path is None else resolve(self.weights_path, "sample.weights_path")
+        if path is None or not path.is_file():
             missing_weights("the sampled backbone", f"sample.weights_path={self.weights_path!r}",
-                            "Set `sample.weights_path` to stage2's ema.pt or a released RAE checkpoint",
-                            allow_random, log)
+                            "Set `sample.weights_path` to stage2's ema.pt, a released RAE checkpoint or a REPA "
+                            "checkpoint", allow_random, log)
         else:
-            load_release_state(self.backbone, self.weights_path, prefer="ema")
-            log.info("sample: backbone weights from %s", self.weights_path)
+            projectors = load_repa_checkpoint(self.backbone, path, prefer="ema")
+            log.info("sample: backbone weights (ema) from %s%s", self.weights_path,
+                     f"; left out {len(projectors)} projector tensors of REPA's alignment loss" if projectors else "")
         for model in self.models().values():
             load_pretrained_weights(model, allow_random=allow_random, log=log)
 

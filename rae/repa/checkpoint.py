@@ -18,6 +18,7 @@ from rae.backbones.base import Backbone
 from rae.backbones.release import load_release_state, select_weights
 from rae.backbones.sit import SiT
 from rae.repa.projector import Projectors
+from rae.weights import load_file_named
 
 PROJECTOR_PREFIX = "projectors."
 # REPA's ``SiT`` constructor defaults (models/sit.py), for keys a config omits.
@@ -56,8 +57,8 @@ def from_repa_config(config: Mapping[str, Any]) -> tuple[SiT, Projectors, int]:
 
 def read_repa_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a REPA checkpoint with ``weights_only=True``; ``argparse.Namespace`` (its ``args``) is allowed."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_file_named(path, "a checkpoint (state dict, or REPA's dict with 'ema' / 'model')",
+                           safe_globals=[argparse.Namespace])
 
 
 def rename_legacy_keys(state: Mapping[str, torch.Tensor], encoder_depth: int) -> dict[str, torch.Tensor]:
@@ -89,14 +90,15 @@ def load_repa_checkpoint(
     ``projectors`` the checkpoint's projector keys are skipped; their names are returned
     so the caller can report them. ``encoder_depth`` renames legacy ``decoder_blocks`` keys.
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = read_repa_checkpoint(checkpoint)
+    source = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
+    if source is not None:
+        checkpoint = read_repa_checkpoint(source)
     state = dict(select_weights(checkpoint, prefer))
     if encoder_depth is not None:
         state = rename_legacy_keys(state, encoder_depth)
     backbone_state, projector_state = split_projectors(state)
-    load_release_state(backbone, backbone_state)
+    load_release_state(backbone, backbone_state, source=source)
     if projectors is None:
         return sorted(PROJECTOR_PREFIX + k for k in projector_state)
-    load_release_state(projectors, projector_state)
+    load_release_state(projectors, projector_state, source=source)
     return []
