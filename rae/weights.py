@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from rae.train.checkpoint import UnreadableFile, load, unreadable_reason
+
 # Training checkpoints wrap the weights; the EMA copy is the one meant for use.
 WRAPPERS = ("ema", "model")
 
@@ -58,9 +60,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``torch.save`` file (weights only), opening {"ema"|"model": ...}."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+            raise UnreadableFile(f"{path}: cannot read it as a safetensors file of tensors: "
+                                 f"{unreadable_reason(path, exc)}") from exc
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load(path, what="a state dict (a torch.save file of name -> tensor)")
     if isinstance(state, dict):
         wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
         state = state[wrapper] if wrapper else state

@@ -26,6 +26,7 @@ from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
 from rae.registry import EXPERIMENTS
 from rae.sampling.base import Sampler
 from rae.sampling.guidance import Guidance
+from rae.train.checkpoint import load
 from rae.transport.transport import Transport
 from rae.weights import load_pretrained_weights, missing_weights
 
@@ -136,10 +137,16 @@ class Sample(Experiment):
                             "Set `sample.weights_path` to stage2's ema.pt or a released RAE checkpoint",
                             allow_random, log)
         else:
-            load_release_state(self.backbone, self.weights_path, prefer="ema")
+            load_release_state(self.backbone, load(self.weights_path, what="a stage-2 checkpoint (sample.weights_path)"),
+                               prefer="ema")
             log.info("sample: backbone weights from %s", self.weights_path)
         for model in self.models().values():
             load_pretrained_weights(model, allow_random=allow_random, log=log)
+
+    def check(self, world_size: int) -> None:
+        """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
+        if self.log_every < 1:
+            raise ValueError(f"sample.log_every = {self.log_every}: expected a positive number of batches")
 
     # ---- sampling ----
     def run(self, ctx: RunContext) -> dict[str, Any]:
