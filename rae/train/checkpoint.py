@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -70,7 +71,7 @@ def unreadable_reason(path: str | Path, exc: BaseException) -> str:
     if "Weights only load failed" in text:
         detail = next((line for line in lines if line.startswith("Unsupported")), "")
         return f"it is not a torch.save file of tensors and plain containers ({detail})"
-    if isinstance(exc, KeyError) or "magic number" in text:
+    if not zipfile.is_zipfile(path):  # neither torch's zip format nor a readable legacy pickle
         return f"it is not a torch.save file ({type(exc).__name__}: {text})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
