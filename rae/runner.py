@@ -1,6 +1,7 @@
 """The one runner: parse gin, build the bound experiment, hand it a context and a tracker, run it.
 
-Exit codes: 0 done; 2 configuration error (one paragraph, no traceback); 1 failure while running.
+Exit codes: 0 done; 2 configuration error or unreadable input file (one paragraph, no traceback);
+1 failure while running; 130 / 143 interrupted by SIGINT / SIGTERM (rerunning the command resumes).
 """
 from __future__ import annotations
 
