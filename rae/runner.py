@@ -1,6 +1,7 @@
 """The one runner: parse gin, build the bound experiment, hand it a context and a tracker, run it.
 
-Exit codes: 0 done; 2 configuration error (one paragraph, no traceback); 1 failure while running.
+Exit codes: 0 done; 2 configuration error or unreadable input file (one paragraph, no traceback);
+1 failure while running; 130 / 143 interrupted by SIGINT / SIGTERM (rerunning the command resumes).
 """
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import contextlib
 import importlib
 import importlib.util  # gin needs it imported before a missing include is reported
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ import torch
 import gin
 from rae import plugins
 from rae.accelerator import Accelerator, make_accelerator, release
-from rae.config_errors import ConfigError, raise_as_config_error
+from rae.config_errors import ConfigError, check_bound_types, raise_as_config_error
 from rae.experiments.base import (
     Experiment,
     RunContext,
@@ -31,16 +35,31 @@ from rae.experiments.base import (
     seed_everything,
 )
 from rae.registry import REGISTRIES
-from rae.run_dir import RunFolder, choose_run_folder, create_run_folder
+from rae.run_dir import RunFolder, RunFolderError, check_location, choose_run_folder, start_run_folder
 from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
-from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable
+from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable, open_repo
 from rae.tracking.tracker import Tracker
-from rae.weights import UnusableWeights, WeightsNotFound
+from rae.train.checkpoint import UnreadableFile
+from rae.train.rng import seed_rngs
+from rae.weights import WeightsNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _REQUIRED = re.compile(r"^(\S+) set to `%gin.REQUIRED` but not subsequently overridden")
 log = logging.getLogger("rae")
+# Errors that stop a run before or while it starts, for a reason its config or its input files must fix:
+# printed as one paragraph (exit 2), never with a traceback.
+REFUSALS = (ConfigError, WeightsNotFound, TrackerUnavailable, UnreadableFile, RunFolderError)
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (what torchrun sends surviving ranks, and schedulers before a kill): the run
+    stops where it is, its tracker run is marked interrupted, and rerunning the command resumes it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -76,6 +95,8 @@ def run_spec(
         raise ConfigError(
             f"run.experiment must be an experiment (e.g. @experiment.latent_stats()), got {experiment!r}"
         )
+    if not 0 <= seed < 2**31:
+        raise ConfigError(f"run.seed = {seed!r}: expected an integer in 0 .. 2**31 - 1")
     return RunSpec(experiment, name, seed, precision, device, tracker, run_root, allow_random_weights)
 
 
@@ -109,6 +130,21 @@ def import_plugins(modules: Sequence[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"--import {name}: cannot import the module ({exc})") from exc
+        except (Exception, SystemExit) as exc:  # the module's own code raised, or it does not parse
+            raise ConfigError(f"--import {name}: importing the module failed{_where(exc, name)}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def _where(exc: BaseException, module: str) -> str:
+    """`` at FILE, line N``: the syntax error's place, or the deepest frame of the module's own file."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}, line {exc.lineno}"
+    try:
+        origin = importlib.util.find_spec(module).origin
+    except Exception:  # the module (or its parent package) cannot even be located
+        origin = None
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == origin]
+    return f" at {frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
 
 
 def _package_file_exists(config_path: str) -> bool:
@@ -154,6 +190,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], fill_required: bool
             gin.parse_config(binding)
         except Exception as exc:
             raise_as_config_error(exc, source=f"--gin_param {binding!r}")
+    check_bound_types(list(files), list(bindings))
     return _finalize(source=", ".join(files), fill_required=fill_required)
 
 
@@ -195,7 +232,7 @@ def build_spec(source: str) -> RunSpec:
     The global RNG is seeded with ``run.seed`` first, so freshly initialised weights are the
     same on every rank and in every rerun of the config.
     """
-    torch.manual_seed(_bound("run.seed", 0))
+    seed_rngs(_bound("run.seed", 0))
     try:
         return run_spec()
     except Exception as exc:
@@ -260,15 +297,54 @@ def execute(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, experime
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; the exit code is 0 done, 2 configuration error, 1 failure while running."""
+    """Run the command line; the exit code is 0 done, 2 configuration error, 1 failure while running,
+    130 / 143 interrupted by SIGINT / SIGTERM (rerunning the command resumes)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerators: list[Accelerator] = []
+    previous = _interrupt_on_sigterm()
     try:
         return _run_command(parse_args(argv), accelerators)
+    except KeyboardInterrupt as exc:  # before the run started: nothing to resume yet
+        print(f"interrupted ({_signal_name(exc)}) before the run started", file=sys.stderr)
+        return EXIT_INTERRUPTED[getattr(exc, "signum", signal.SIGINT)]
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         set_run_root(None)
         for accelerator in accelerators:
             release(accelerator)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM stops the run as Ctrl-C does (instead of killing it on the spot); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may set handlers (an embedding program's worker thread)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    return previous
+
+
+def _signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+def _refusal(exc: BaseException) -> int:
+    """Print a refusal as one paragraph; exit code 2."""
+    prefix = "cannot run" if isinstance(exc, UnreadableFile) else "configuration error"
+    print(f"{prefix}: {exc}", file=sys.stderr)
+    return 2
+
+
+def check_experiment(spec: RunSpec, world_size: int, source: str) -> None:
+    """The experiment's checks of its config against the world size, before any folder is made."""
+    try:
+        spec.experiment.check(world_size)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"in {source}: {exc}") from exc
 
 
 def _accelerator() -> Accelerator:
@@ -305,33 +381,45 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
             log.setLevel(logging.NOTSET if accelerator.is_main else logging.WARNING)
         # The folder is chosen (not made) before building, so `@run_file()` paths resolve in it.
         stem = Path(args.gin[-1]).stem
-        folder = _agree_on_folder(accelerator, lambda: choose_run_folder(
-            _bound("run.run_root", "runs"), _bound("run.name", None) or stem, gin.config_str(), new=args.new_run))
+        root, name = _bound("run.run_root", "runs"), _bound("run.name", None) or stem
+        if accelerator is not None:
+            check_location(root, name)
+        folder = _agree_on_folder(accelerator, lambda: choose_run_folder(root, name, gin.config_str(),
+                                                                          new=args.new_run))
         set_run_root(folder.path)
         with torch.device("meta") if args.dry_run else contextlib.nullcontext():
             spec = build_spec(source)
+        world_size = accelerator.world_size if accelerator is not None else int(os.environ.get("WORLD_SIZE", 1))
+        check_experiment(spec, world_size, source)
         if args.dry_run:
             print(describe(spec))
             if unset:
                 print("required values not set (a real run needs them): " + ", ".join(unset))
             return 0
-    except (ConfigError, WeightsNotFound) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        if accelerator.is_main:
+            make_repo = partial(open_repo, spec.run_root) if spec.tracker is None else None
+            folder = start_run_folder(folder, root, name, gin.config_str(), new=args.new_run, under_lock=make_repo)
+        folder = _agree_on_folder(accelerator, lambda: folder)  # rank 0 may have had to choose again
+        set_run_root(folder.path)
+    except REFUSALS as exc:
+        return _refusal(exc)
 
-    if accelerator.is_main:
-        create_run_folder(folder, gin.config_str())
     accelerator.barrier()
     start = time.time()
     try:
         summary = execute(spec, folder, accelerator, experiment_name=stem)
-    except (WeightsNotFound, UnusableWeights, TrackerUnavailable) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    except REFUSALS as exc:
+        return _refusal(exc)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({_signal_name(exc)}) after {time.time() - start:.0f}s; rerun the same command to "
+              f"resume from the last checkpoint in {folder.path}", file=sys.stderr)
+        return EXIT_INTERRUPTED[getattr(exc, "signum", signal.SIGINT)]
     except Exception:
         traceback.print_exc()
         print(f"run failed after {time.time() - start:.0f}s; run folder: {folder.path}", file=sys.stderr)
         return 1
+    finally:
+        folder.unlock()
     if not accelerator.is_main:
         return 0
     print(f"done in {time.time() - start:.0f}s; run folder: {folder.path}")

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from rae.train.checkpoint import UnreadableFile, load, unreadable_reason
+
 # Training checkpoints wrap the weights; the EMA copy is the one meant for use.
 WRAPPERS = ("ema", "model")
 
@@ -50,9 +52,8 @@ def missing_weights(what: str, tried: str, how: str, allow_random: bool, log: lo
         )
     log.warning("RANDOM WEIGHTS for %s: tried %s; allowed by run.allow_random_weights", what, tried)
 
-
-class UnusableWeights(ValueError):
-    """A weights or stats file exists but cannot be used: the message names the file and what was expected."""
+class UnusableWeights(UnreadableFile):
+    """A weights or stats file that reads but does not fit (keys, shapes): the message names it and what was expected."""
 
 
 class StateDictMismatch(RuntimeError):
@@ -60,31 +61,25 @@ class StateDictMismatch(RuntimeError):
 
 
 def load_file_named(path: str | Path, expected: str, safe_globals: Sequence[Any] = ()) -> Any:
-    """``torch.load`` (weights only, plus ``safe_globals``) or safetensors of ``path``; an unreadable file
-    names itself and ``expected``."""
+    """A ``.safetensors`` file, or a ``torch.save`` file loaded weights-only (plus ``safe_globals``); a file
+    that does not load raises `UnreadableFile` naming it and ``expected``."""
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path), device="cpu")
+    if path.suffix != ".safetensors":
         with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch reports truncation, text and pickles in many exception types
-        raise UnusableWeights(f"{path}: cannot read it as {expected} ({_load_error(exc)})") from exc
-
-
-def _load_error(exc: Exception) -> str:
-    """The telling line of a load error; a pickle refused by weights-only loading names the global it holds."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    unpickler = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
-    if unpickler:
-        return f"refused by weights_only loading, which runs no pickled code: {unpickler.split(':', 1)[1].strip()}"
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+            return load(path, what=expected)
+    try:
+        return load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise UnreadableFile(f"{path}: cannot read it as {expected} (a safetensors file of tensors): "
+                             f"{unreadable_reason(path, exc)}") from exc
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``torch.save`` file (weights only), opening {"ema"|"model": ...}."""
     path = Path(path)
-    state = load_file_named(path, "a state dict (name -> tensor)")
+    state = load_file_named(path, "a state dict (a torch.save file of name -> tensor)")
     if isinstance(state, dict):
         wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
         state = state[wrapper] if wrapper else state

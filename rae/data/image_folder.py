@@ -17,6 +17,21 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # What PIL raises on unreadable files: OSError (truncated, unidentified), SyntaxError (broken
 # PNG chunks), ValueError and DecompressionBombError (absurd sizes).
 _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Modes whose pixels are not 8-bit, with the value that means full intensity. 16-bit PNG and TIFF
+# files open as "I;16*" (or "I" in older Pillow): 0..65535; float images ("F") are taken as 0..1.
+# PIL's own convert("RGB") clips them at 255 instead of scaling, so nearly every pixel turns white.
+FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image from one in any PIL mode, high bit depths scaled (`FULL_SCALE`), not clipped."""
+    full = FULL_SCALE.get(image.mode)
+    if full is not None:
+        values = np.asarray(image, dtype=np.float64) * (255.0 / full)
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    elif image.mode == "La":  # premultiplied alpha: PIL converts it to RGB only by way of LA
+        image = image.convert("LA")
+    return image.convert("RGB")
 
 
 def center_crop(image: Image.Image, resolution: int) -> Image.Image:
@@ -129,7 +144,7 @@ class ImageFolder(torch.utils.data.Dataset):
         path = self.path(i)
         try:
             with Image.open(path) as image:
-                return center_crop(image.convert("RGB"), self.resolution)
+                return center_crop(to_rgb(image), self.resolution)
         except _UNREADABLE as exc:
             self._unreadable[i] = True
             log.warning("image_folder: skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)

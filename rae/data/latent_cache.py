@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rae.registry import DATASETS
-from rae.train.checkpoint import atomic_save
+from rae.train.checkpoint import UnreadableFile, atomic_save, load
 
 INDEX_FILE = "index.json"
 FORMAT = 1
@@ -155,10 +155,19 @@ def read_index(folder: str | Path) -> CacheIndex:
         raise FileNotFoundError(f"{folder} is not a latent cache: it has no {INDEX_FILE} "
                                 "(make one with the cache_latents experiment, "
                                 "e.g. experiments/cache_latents_dinov2_b.gin)")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: latent cache format {data.get('format')!r}, this code reads format {FORMAT}")
-    return CacheIndex(**data)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UnreadableFile(f"{path}: cannot read it as a latent cache index (JSON written by cache_latents): "
+                             f"{exc}; the file is cut off or damaged: rerun the cache_latents command that "
+                             "made the cache") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UnreadableFile(f"{path}: latent cache format {found!r}, this code reads format {FORMAT}")
+    try:
+        return CacheIndex(**data)
+    except TypeError as exc:  # missing or unknown fields
+        raise UnreadableFile(f"{path}: not a latent cache index of format {FORMAT} ({exc})") from exc
 
 
 def write_index(folder: Path, index: CacheIndex) -> None:
@@ -283,11 +292,16 @@ class LatentCache(torch.utils.data.Dataset):
     def _shard(self, shard: int) -> dict[str, torch.Tensor]:
         if shard not in self._shards:
             path = shard_path(self.path, shard)
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            content = load(path, what="a latent cache shard (delete it and rerun cache_latents to rewrite it)",
+                           mmap=True)
             expected = (len(self.index.shard_items(shard)), *self.index.latent_shape)
-            for key in ("latents", "flipped") if self.index.flip else ("latents",):
+            keys = ("latents", "flipped") if self.index.flip else ("latents",)
+            if not isinstance(content, dict) or not all(k in content for k in (*keys, "labels")):
+                raise UnreadableFile(f"{path}: expected a latent cache shard holding {', '.join((*keys, 'labels'))}; "
+                                     "the shard is damaged: delete it and rerun cache_latents")
+            for key in keys:
                 if tuple(content[key].shape) != expected:
-                    raise ValueError(f"{path}: '{key}' has shape {tuple(content[key].shape)}, the index says "
+                    raise UnreadableFile(f"{path}: '{key}' has shape {tuple(content[key].shape)}, the index says "
                                      f"{expected}; the shard is damaged: delete it and rerun cache_latents")
             self._shards[shard] = content
         return self._shards[shard]

@@ -147,6 +147,11 @@ class Sample(Experiment):
         for model in self.models().values():
             load_pretrained_weights(model, allow_random=allow_random, log=log)
 
+    def check(self, world_size: int) -> None:
+        """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
+        if self.log_every < 1:
+            raise ValueError(f"sample.log_every = {self.log_every}: expected a positive number of batches")
+
     # ---- sampling ----
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator

@@ -33,7 +33,7 @@ from rae.accelerator import Accelerator
 from rae.autoencoder.rae import RAE
 from rae.data.base import LabelledImages
 from rae.encoders.tokens import tokens_to_latent
-from rae.experiments.base import Experiment, RunContext, count_parameters
+from rae.experiments.base import Experiment, RunContext, check_training, count_parameters
 from rae.experiments.stage2 import _check_either, _pick
 from rae.losses.diffaug import DiffAugment, color, cutout, translate
 from rae.losses.discriminator import DinoDiscriminator
@@ -256,6 +256,13 @@ class Stage1(Experiment):
                 load_pretrained_weights(model, allow_random=allow_random, log=log)
 
     # ---- checks before the first step ----
+    def check(self, world_size: int) -> None:
+        """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
+        check_training("stage1", world_size, self)
+        if self.grid_every < 0 or self.grid_size < 1:
+            raise ValueError(f"stage1.grid_every = {self.grid_every}, grid_size = {self.grid_size}: expected "
+                             "grid_every >= 0 (0: no grids) and grid_size >= 1")
+
     def _check_models(self) -> None:
         """Shapes that must agree (attributes only: runs on the meta device, no I/O)."""
         decoder, encoder = self.autoencoder.decoder, self.autoencoder.encoder

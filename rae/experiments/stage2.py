@@ -24,7 +24,7 @@ from rae.accelerator import Accelerator
 from rae.backbones.base import Backbone
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
-from rae.experiments.base import Experiment, RunContext
+from rae.experiments.base import Experiment, RunContext, check_training
 from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
 from rae.sampling.guidance import NoGuidance
@@ -312,6 +312,17 @@ class Stage2(Experiment):
         return [self.kind, type(self.backbone).__name__] + (["repa"] if self.alignment is not None else [])
 
     # ---- checks before the first step ----
+    def check(self, world_size: int) -> None:
+        """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
+        check_training("stage2", world_size, self)
+        if self.sample_every < 0 or self.sample_steps < 2:
+            raise ValueError(f"stage2.sample_every = {self.sample_every}, sample_steps = {self.sample_steps}: expected "
+                             "sample_every >= 0 (0: no grids) and sample_steps >= 2 (the Euler grid's points)")
+        classes = self.backbone.num_classes
+        if self.sample_labels is not None and not all(0 <= label < classes for label in self.sample_labels):
+            raise ValueError(f"stage2.sample_labels {self.sample_labels} must be classes the backbone embeds, "
+                             f"0..{classes - 1}")
+
     def _check_models(self) -> None:
         """Shapes the models must agree on (attributes only: runs on the meta device, no I/O)."""
         shape = tuple(self.backbone.latent_shape)

@@ -88,13 +88,22 @@ def read_runs(repo_path: str, query: str = "") -> list[RunRow]:
         raise CompareError(f"bad query {query!r}: {detail}") from exc
     rows = []
     for run in found:
-        params = flatten(run[...])  # every param of the run, as dotted keys
+        params = _params(run)
         row = RunRow(run.name or run.hash, str(params.get("status", "-")), run.creation_time, params)
         for metric in run.metrics():
             context = tuple(sorted(metric.context.to_dict().items()))
             row.series[(metric.name, context)] = [value for _, (value, *_) in metric.data.items()]
         rows.append(row)
     return sorted(rows, key=lambda r: r.created)
+
+
+def _params(run: Any) -> dict[str, Any]:
+    """Every param of a run, as dotted keys; a run still being written shows its params only once it
+    is closed and indexed, so until then it is listed as running, with none."""
+    try:
+        return flatten(run[...])
+    except KeyError:  # Aim: "No key () is present." for a run another process holds open
+        return {"status": "running"}
 
 
 def metric_columns(rows: Sequence[RunRow], specs: Sequence[tuple[str, str]], keep_empty: bool) -> list[MetricColumn]:

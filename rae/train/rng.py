@@ -7,6 +7,13 @@ from typing import Any
 import torch
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed every generator `rng_state` captures (torch's, on all devices, and Python's), so identical
+    commands save identical states."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """CPU and CUDA torch generators and Python's; stored as tensors and plain data (weights_only-safe)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _to_plain(random.getstate())}

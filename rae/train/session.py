@@ -94,6 +94,7 @@ class TrainingSession:
         for name, obj in self.state.items():
             obj.load_state_dict(checkpoint["state"][name])
         self.step, self.images = int(checkpoint["step"]), int(checkpoint["images"])
+        self._load_window(checkpoint.get("window"))
         set_rng_state(checkpoint["rng"])
         self.ctx.log.info("resumed from step %d (%d images) in %s", self.step, self.images, self.ctx.run_dir)
         return True
@@ -144,6 +145,28 @@ class TrainingSession:
         self._sums, self._window_steps, self._window_images = {}, 0, 0
         self._window_start = time.perf_counter()
 
+    def _window_state(self) -> dict[str, Any]:
+        """The metrics averaged since the last log, so a resumed run logs the very values an
+        uninterrupted one would. Every rank keeps its own sums; the rank mean is saved (a later
+        all-reduce of it over any number of ranks gives the same averages)."""
+        sums = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self._sums.items()}
+        if sums and self.ctx.accelerator.distributed:
+            keys = sorted(sums)
+            stacked = torch.stack([sums[k] for k in keys])
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.ctx.accelerator.world_size
+            sums = dict(zip(keys, stacked))
+            self._sums = dict(sums)  # the same sum over ranks as before, now known to every checkpoint reader
+        return {"sums": {k: v.detach().cpu() for k, v in sums.items()}, "steps": self._window_steps,
+                "images": self._window_images}
+
+    def _load_window(self, window: dict[str, Any] | None) -> None:
+        if window is None:  # a checkpoint written before windows were saved: the first log averages fewer steps
+            return
+        device = self.ctx.accelerator.device
+        self._sums = {k: v.to(device) for k, v in window["sums"].items()}
+        self._window_steps, self._window_images = int(window["steps"]), int(window["images"])
+
     def save(self) -> None:
         """Checkpoint every stateful object, the RNG and the progress (main rank writes).
 
@@ -152,8 +175,10 @@ class TrainingSession:
         if self._sums:
             check_finite({k: float(v) for k, v in self._sums.items()}, self.step)
         state = {name: obj.state_dict() for name, obj in self.state.items()}
+        window = self._window_state()
         if self.ctx.accelerator.is_main:
             self.checkpointer.save(
-                {"step": self.step, "images": self.images, "rng": rng_state(), "state": state}, self.step
+                {"step": self.step, "images": self.images, "rng": rng_state(), "state": state, "window": window},
+                self.step,
             )
         self.ctx.accelerator.barrier()
