@@ -9,6 +9,7 @@ import torch
 
 from rae.decoders.checkpoint import read_decoder_state
 from rae.runner import main
+from rae.train.checkpoint import UnreadableFile
 from rae.weights import StateDictMismatch, UnusableWeights
 from test_autoencoder import GOLDEN, tiny_rae
 
@@ -69,7 +70,7 @@ def test_an_unexpected_decoder_key_is_still_a_mismatch(tmp_path, release_decoder
 @pytest.mark.parametrize("content", [b"", b"plain text, not a checkpoint"])
 def test_an_unreadable_decoder_file_is_named(tmp_path, content):
     (tmp_path / "model.pt").write_bytes(content)
-    with pytest.raises(UnusableWeights, match=r"model.pt: cannot read it as a decoder checkpoint"):
+    with pytest.raises(UnreadableFile, match=r"model.pt: cannot read it as a decoder checkpoint"):
         _loaded_decoder(tmp_path / "model.pt")
 
 

@@ -8,6 +8,7 @@ import torch
 
 from rae.autoencoder.stats import read_latent_stats
 from rae.runner import main
+from rae.train.checkpoint import UnreadableFile
 from rae.weights import UnusableWeights, load_pretrained_weights
 from test_autoencoder import GOLDEN, tiny_rae
 
@@ -85,7 +86,7 @@ def test_shapes_that_fit_nothing_are_refused_naming_the_file_and_the_shapes(tmp_
 
 def test_a_text_file_as_stats_is_named(tmp_path):
     (tmp_path / "stat.pt").write_text("not a tensor file")
-    with pytest.raises(UnusableWeights, match=r"stat.pt: cannot read it as latent stats"):
+    with pytest.raises(UnreadableFile, match=r"stat.pt: cannot read it as latent stats"):
         read_latent_stats(tmp_path / "stat.pt", LATENT)
 
 

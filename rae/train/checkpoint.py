@@ -69,8 +69,8 @@ def unreadable_reason(path: str | Path, exc: BaseException) -> str:
     if "zip archive" in text:
         return f"it is not a whole torch.save zip archive: truncated or damaged ({text.split('. ')[0]})"
     if "Weights only load failed" in text:
-        detail = next((line for line in lines if line.startswith("Unsupported")), "")
-        return f"it is not a torch.save file of tensors and plain containers ({detail})"
+        detail = next((line[line.index("Unsupported"):] for line in lines if "Unsupported" in line), "")
+        return f"it is not a torch.save file of tensors and plain containers; weights-only loading refused: {detail}"
     if not zipfile.is_zipfile(path):  # neither torch's zip format nor a readable legacy pickle
         return f"it is not a torch.save file ({type(exc).__name__}: {text})"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
