@@ -13,7 +13,7 @@ from test_latent_cache import ROOT, Recorder, build, make_cache, run_experiment
 
 from rae.accelerator import Accelerator
 from rae.data.latent_cache import CacheMismatch
-from rae.experiments.stage2 import BatchLabelDropout
+from rae.experiments.stage2 import BatchLabelDropout, Stage2
 from rae.runner import main
 from rae.train.checkpoint import Checkpointer
 
@@ -175,6 +175,31 @@ def test_the_warmup_mode_shapes_the_logged_lr(tmp_path, tiny_dinov2_registers_di
                     "stage2.final_lr = 2e-5", f"stage2.warmup_mode = '{mode}'")
     _, _, log, _ = train(tmp_path, bindings)
     assert [log.scalars["lr"][s] for s in (1, 2, 3, 4)] == pytest.approx(expected)  # the lr of the next step
+
+
+class LinearEncoder(torch.nn.Module):
+    """An autoencoder's encode: one linear map, recording the dtype it computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.dtypes: list[torch.dtype] = []
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.proj(images)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("autocast_encode, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_images_are_encoded_in_fp32_unless_autocast_encode(autocast_encode, dtype):
+    """Both releases encode outside mixed precision (RAE's train.py, REPA's offline fp32 moments)."""
+    settings = type("Settings", (), {"micro_batch_size": 2, "autocast_encode": autocast_encode})()
+    encoder, images = LinearEncoder(), torch.rand(4, 4)
+    latents = Stage2._encode(settings, encoder, images, Accelerator(torch.device("cpu"), precision="bf16"))
+    assert encoder.dtypes == [dtype, dtype] and latents.dtype == torch.float32
+    if not autocast_encode:
+        torch.testing.assert_close(latents, encoder.proj(images), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("binding, message", [

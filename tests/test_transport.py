@@ -265,7 +265,8 @@ def test_logit_normal_rejects_bad_std():
 
 
 def test_arctan_log_normal_is_repas_cosine_lognormal():
-    """REPA's loss.py, --path-type cosine --weighting lognormal: sigma = exp(P_std z + P_mean), t = 2/pi atan(sigma)."""
+    """REPA's loss.py, --path-type cosine --weighting lognormal: sigma = exp(z), t = 2/pi atan(sigma); here
+    with a mean and std (REPA's are 0 and 1) to show both enter."""
     mean, std, n = -1.2, 1.2, 20000
     t = ArctanLogNormal(mean, std).sample(n, torch.Generator().manual_seed(0)).double()
     assert 0 < t.min() and t.max() < 1
@@ -297,8 +298,14 @@ def test_repa_lognormal_fragments(fragment, path, schedule):
         gin.clear_config()
     assert isinstance(transport.path, path) and transport.prediction == "velocity"
     assert type(transport.time_schedule) is schedule
-    assert (transport.time_schedule.mean, transport.time_schedule.std) == (-1.2, 1.2)
+    assert (transport.time_schedule.mean, transport.time_schedule.std) == (0.0, 1.0)
     assert transport.loss_weight == "none" and transport.shift((4, 32, 32)) == 1.0
+    # REPA's loss.py on the same normal draws: sigma = exp(z); linear t = sigma / (1 + sigma),
+    # cosine t = 2 / pi atan(sigma)
+    sigma = torch.randn(1000, generator=torch.Generator().manual_seed(5)).exp()
+    repa = sigma / (1 + sigma) if path is LinearPath else 2 / math.pi * torch.atan(sigma)
+    ours = transport.sample_time(1000, (4, 32, 32), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, repa, rtol=1e-6, atol=1e-6)
 
 
 # ---- gin ----
