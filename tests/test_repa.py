@@ -241,6 +241,7 @@ def test_every_gin_fragment_parses(fragment):
         if fragment.startswith("transport"):
             transport = gin.get_configurable("loss.transport")()
             assert transport.prediction == "velocity" and transport.shift((4, 32, 32)) == 1.0  # REPA: no shift
+            assert transport.truncate_at == 1.0  # REPA's loss.py: torch.rand on [0, 1), no bound like RAE's 0.999
             if "lognormal" in fragment:  # REPA's lognormal weighting: sigma = exp(z), z ~ N(0, 1)
                 assert (transport.time_schedule.mean, transport.time_schedule.std) == (0.0, 1.0)
         if fragment.startswith("ode_euler"):  # REPA's 50 steps are 51 grid points
