@@ -18,6 +18,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from rae.accelerator import Accelerator
+from rae.config_errors import ConfigError
 from rae.data.embedded import EmbeddedDataset
 from rae.experiments.base import RunContext
 from rae.experiments.image_store import to_uint8
@@ -161,6 +162,25 @@ def test_an_interrupted_run_redoes_only_the_missing_images_and_scores_all(tmp_pa
         np.testing.assert_array_equal(arrays(run / f"{name}.npz")[1], labels)
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["psnr"], metrics["ssim"]) == (first_metrics["psnr"], first_metrics["ssim"])
+
+
+def test_reconstructions_are_truncated_by_default_and_rounded_on_request(tmp_path):
+    log = logging.getLogger("test")
+    stored = {}
+    for quantize in ("truncate", "round"):
+        parse_gin([TINY], [*SMALL, f"reconstruct.quantize = '{quantize}'"])
+        experiment = build_spec(TINY).experiment
+        experiment.load_weights(allow_random=True, log=log)
+        torch.manual_seed(0)  # the same random decoder both times
+        experiment.run(RunContext(Accelerator(torch.device("cpu")), Tracker(), tmp_path / quantize, seed=0, log=log))
+        stored[quantize] = {name: arrays(tmp_path / quantize / f"{name}.npz")[0].astype(int)
+                            for name in ("reconstructions", "references")}
+    for name in ("reconstructions", "references"):  # the embedded originals are floats, not 8-bit values
+        step = stored["round"][name] - stored["truncate"][name]
+        assert step.min() == 0 and step.max() == 1 and 0.2 < step.mean() < 0.8  # half a level brighter on average
+    with pytest.raises(ConfigError, match="reconstruct.quantize must be one of"):
+        parse_gin([TINY], [*SMALL, "reconstruct.quantize = 'floor'"])
+        build_spec(TINY)
 
 
 def test_two_ranks_write_the_same_files_and_scores_as_one(tmp_path):
