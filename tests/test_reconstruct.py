@@ -242,3 +242,4 @@ def test_released_dinov2_b_config_dry_runs_offline(tmp_path, capsys):
     assert "latent shape: (768, 16, 16)" in out and "required values not set" not in out
     assert "reconstruct.num_images = 50000" in out and "rae.noise_tau = 0.0" in out
     assert "image_folder.random_flip = False" in out and not list(tmp_path.iterdir())
+    assert "run.precision = 'fp32'" in out and "reconstruct.quantize = 'truncate'" in out  # as released
