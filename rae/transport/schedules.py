@@ -1,5 +1,6 @@
 """How training draws t in [0, 1]: uniform, logit-normal (SD3; RAE's stage 2 with mean 0, std 1), or
-REPA's log-normal on the cosine path."""
+REPA's log-normal on the cosine path. Each gives its CDF and inverse, so that a draw can be conditioned
+on t <= high (`TimeSchedule.sample_below`: RAE's training interval [0, 1 - 1/1000])."""
 from __future__ import annotations
 
 import abc
