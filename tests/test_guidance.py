@@ -198,7 +198,7 @@ def test_sampler_fragments_carry_the_paper_values(clean_gin):
     parse("include 'samplers/sde_250.gin'")
     sde = gin.query_parameter("%SAMPLER").scoped_configurable_fn()
     assert isinstance(sde, SDESampler)
-    assert (sde.num_steps, sde.diffusion_form, sde.last_step, sde.last_step_size) == (250, "sigma", "mean", 0.04)
+    assert (sde.num_steps, sde.diffusion_form, sde.last_step, sde.last_step_size) == (250, "linear", "mean", 0.04)
 
 
 def test_guidance_rules_are_registered():

@@ -18,6 +18,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from rae.accelerator import Accelerator
+from rae.config_errors import ConfigError
 from rae.data.embedded import EmbeddedDataset
 from rae.experiments.base import RunContext
 from rae.experiments.image_store import to_uint8
@@ -163,6 +164,25 @@ def test_an_interrupted_run_redoes_only_the_missing_images_and_scores_all(tmp_pa
     assert (metrics["psnr"], metrics["ssim"]) == (first_metrics["psnr"], first_metrics["ssim"])
 
 
+def test_reconstructions_are_truncated_by_default_and_rounded_on_request(tmp_path):
+    log = logging.getLogger("test")
+    stored = {}
+    for quantize in ("truncate", "round"):
+        parse_gin([TINY], [*SMALL, f"reconstruct.quantize = '{quantize}'"])
+        experiment = build_spec(TINY).experiment
+        experiment.load_weights(allow_random=True, log=log)
+        torch.manual_seed(0)  # the same random decoder both times
+        experiment.run(RunContext(Accelerator(torch.device("cpu")), Tracker(), tmp_path / quantize, seed=0, log=log))
+        stored[quantize] = {name: arrays(tmp_path / quantize / f"{name}.npz")[0].astype(int)
+                            for name in ("reconstructions", "references")}
+    for name in ("reconstructions", "references"):  # the embedded originals are floats, not 8-bit values
+        step = stored["round"][name] - stored["truncate"][name]
+        assert step.min() == 0 and step.max() == 1 and 0.2 < step.mean() < 0.8  # half a level brighter on average
+    with pytest.raises(ConfigError, match="reconstruct.quantize must be one of"):
+        parse_gin([TINY], [*SMALL, "reconstruct.quantize = 'floor'"])
+        build_spec(TINY)
+
+
 def test_two_ranks_write_the_same_files_and_scores_as_one(tmp_path):
     log = logging.getLogger("test")
     parse_gin([TINY], SMALL)
@@ -222,3 +242,4 @@ def test_released_dinov2_b_config_dry_runs_offline(tmp_path, capsys):
     assert "latent shape: (768, 16, 16)" in out and "required values not set" not in out
     assert "reconstruct.num_images = 50000" in out and "rae.noise_tau = 0.0" in out
     assert "image_folder.random_flip = False" in out and not list(tmp_path.iterdir())
+    assert "run.precision = 'fp32'" in out and "reconstruct.quantize = 'truncate'" in out  # as released

@@ -241,8 +241,9 @@ def test_every_gin_fragment_parses(fragment):
         if fragment.startswith("transport"):
             transport = gin.get_configurable("loss.transport")()
             assert transport.prediction == "velocity" and transport.shift((4, 32, 32)) == 1.0  # REPA: no shift
-            if "lognormal" in fragment:  # REPA's lognormal weighting: t = sigmoid(-1.2 + 1.2 z)
-                assert (transport.time_schedule.mean, transport.time_schedule.std) == (-1.2, 1.2)
+            assert transport.truncate_at == 1.0  # REPA's loss.py: torch.rand on [0, 1), no bound like RAE's 0.999
+            if "lognormal" in fragment:  # REPA's lognormal weighting: sigma = exp(z), z ~ N(0, 1)
+                assert (transport.time_schedule.mean, transport.time_schedule.std) == (0.0, 1.0)
         if fragment.startswith("ode_euler"):  # REPA's 50 steps are 51 grid points
             assert gin.get_configurable("sampler.euler")().grid((4, 32, 32)).tolist()[:2] == [1.0, 0.98]
     finally:
@@ -250,7 +251,7 @@ def test_every_gin_fragment_parses(fragment):
 
 
 @pytest.mark.parametrize("config", ["repa_tiny", "repa_sit_xl", "repa_ditdh_xl"])
-def test_experiment_configs_dry_run(config, tmp_path):
+def test_experiment_configs_dry_run(config, tmp_path, capsys):
     from rae.plugins import import_builtin
     from rae.runner import main
 
@@ -267,4 +268,11 @@ def test_experiment_configs_dry_run(config, tmp_path):
         bindings.append(f"image_folder.root = '{images.parent}'")
     rc = main(["--gin", str(ROOT / "experiments" / f"{config}.gin"), "--dry_run",
                *[arg for binding in bindings for arg in ("--gin_param", binding)]])
-    assert rc == 0
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    if config == "repa_sit_xl":  # as released: fp16 mixed precision, a fresh posterior sample every step
+        for line in ("run.precision = 'fp16'", "stage2.stochastic_encode = True", "sd_vae.sample_posterior = True",
+                     "stage2.autocast_encode = False", "sd_vae.scaling_factor = 0.18215"):
+            assert line in out, line
+    if config == "repa_ditdh_xl":  # RAE's released stage-2 recipe
+        assert "stage2.warmup_mode = 'constant'" in out and "run.precision = 'fp32'" in out

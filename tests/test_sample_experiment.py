@@ -124,3 +124,4 @@ def test_paper_sampling_configs_dry_run_offline(config, guidance, tmp_path, caps
     assert rc == 0 and "backbone: DiTDH, 838.7M parameters" in out
     assert "sample.num_samples = 50000" in out and "sample.labels = 'equal'" in out and "ode.num_steps = 50" in out
     assert all(line in out for line in guidance), out
+    assert "run.precision = 'fp32'" in out and "sample.quantize = 'truncate'" in out  # as released

@@ -8,6 +8,7 @@ The ODE flow of this field maps noise z to mu + s z exactly (per coordinate it i
 map between Gaussians), so ODE samplers are checked sample by sample and SDE samplers by moments.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from rae.sampling.cfg import ClassifierFreeGuidance
 from rae.transport import GVPPath, LinearPath, Transport
 
 DIM = 3
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class GaussianVelocity:
@@ -151,6 +153,51 @@ def test_cfg_with_scale_one_is_conditional_sampling():
     assert not torch.allclose(stronger, guided, atol=1e-2)
 
 
+def repa_euler_sampler(velocity, x: torch.Tensor, y: torch.Tensor, num_steps: int, heun: bool) -> torch.Tensor:
+    """REPA's samplers.py euler_sampler without CFG, written out: N steps on linspace(1, 0, N + 1);
+    with ``heun`` the corrector runs on every step but the last (``if heun and (i < num_steps - 1)``)."""
+    t = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
+    for i in range(num_steps):
+        t_cur, t_next = t[i].item(), t[i + 1].item()
+        d_cur = velocity(x, torch.full((x.shape[0],), t_cur, dtype=x.dtype), y)
+        x_next = x + (t_next - t_cur) * d_cur
+        if heun and i < num_steps - 1:
+            d_prime = velocity(x_next, torch.full((x.shape[0],), t_next, dtype=x.dtype), y)
+            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+def test_repa_heun_skips_the_corrector_on_the_last_step():
+    z, y = noise_and_labels(16)
+    calls = []
+    counted = lambda x, t, y: calls.append(1) or nonlinear(x, t, y)
+    ours = HeunSampler(num_steps=6, euler_last_step=True).sample(counted, z, y)
+    assert len(calls) == 2 * 5 - 1
+    torch.testing.assert_close(ours, repa_euler_sampler(nonlinear, z, y, num_steps=5, heun=True), rtol=0, atol=1e-12)
+    # the same states up to the last step, which is Euler's from there (and not Heun's)
+    before_last = HeunSampler(num_steps=5, start=1.0, end=0.2).sample(nonlinear, z, y)
+    euler_step = before_last - 0.2 * nonlinear(before_last, torch.full((16,), 0.2, dtype=z.dtype), y)
+    torch.testing.assert_close(ours, euler_step, rtol=0, atol=1e-12)
+    full = HeunSampler(num_steps=6).sample(nonlinear, z, y)
+    assert not torch.allclose(full, ours, atol=1e-4)
+
+
+def test_repa_ode_fragments_are_its_euler_and_heun_samplers():
+    import gin
+
+    z, y = noise_and_labels(8)
+    for fragment, heun in (("ode_euler_50.gin", False), ("ode_heun_50.gin", True)):
+        gin.clear_config()
+        try:
+            gin.parse_config_file(str(ROOT / "gin" / "repa" / fragment))
+            sampler = gin.query_parameter("%SAMPLER").scoped_configurable_fn()
+        finally:
+            gin.clear_config()
+        expected = repa_euler_sampler(nonlinear, z, y, num_steps=50, heun=heun)
+        torch.testing.assert_close(sampler.sample(nonlinear, z, y), expected, rtol=0, atol=1e-12)
+
+
 # ---- SDE ----
 
 def moments_match(x: torch.Tensor, y: torch.Tensor, field: GaussianVelocity) -> None:
@@ -170,6 +217,51 @@ def test_sde_reproduces_the_gaussian_moments(form, last, shift):
     sampler = SDESampler(num_steps=250, shift=shift, diffusion_form=form, last_step=last)
     x = sampler.sample(field, z, y, generator=torch.Generator().manual_seed(0), path=LinearPath())
     moments_match(x, y, field)
+
+
+def repa_euler_maruyama(velocity, x: torch.Tensor, y: torch.Tensor, num_steps: int, path_type: str,
+                        generator: torch.Generator) -> torch.Tensor:
+    """REPA's samplers.py euler_maruyama_sampler without CFG, written out: grid linspace(1, 0.04, N) then 0,
+    diffusion compute_diffusion(t) = 2 t on every path, score from the velocity, a noise-free last step."""
+
+    def drift(x, t):
+        t_b = torch.full((x.shape[0], 1), t, dtype=x.dtype)
+        if path_type == "linear":
+            alpha, sigma, d_alpha, d_sigma = 1 - t_b, t_b, -torch.ones_like(t_b), torch.ones_like(t_b)
+        else:
+            alpha, sigma = torch.cos(t_b * math.pi / 2), torch.sin(t_b * math.pi / 2)
+            d_alpha, d_sigma = -math.pi / 2 * torch.sin(t_b * math.pi / 2), math.pi / 2 * torch.cos(t_b * math.pi / 2)
+        v = velocity(x, t_b[:, 0], y)
+        ratio = alpha / d_alpha
+        score = (ratio * v - x) / (sigma**2 - ratio * d_sigma * sigma)
+        return v - 0.5 * (2 * t) * score
+
+    t = torch.cat([torch.linspace(1.0, 0.04, num_steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    for t_cur, t_next in zip(t[:-2].tolist(), t[1:-1].tolist()):
+        dt = t_next - t_cur
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        x = x + drift(x, t_cur) * dt + math.sqrt(2 * t_cur) * eps * math.sqrt(abs(dt))
+    return x + (t[-1] - t[-2]).item() * drift(x, t[-2].item())
+
+
+@pytest.mark.parametrize("path_type, path", [("linear", LinearPath()), ("cosine", GVPPath())])
+def test_sde_250_fragment_is_repas_euler_maruyama_on_both_paths(path_type, path):
+    import gin
+
+    gin.clear_config()
+    try:
+        gin.parse_config_file(str(ROOT / "gin" / "samplers" / "sde_250.gin"))
+        sampler = gin.query_parameter("%SAMPLER").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    z, y = noise_and_labels(16)
+    ours = sampler.sample(nonlinear, z, y, generator=torch.Generator().manual_seed(2), path=path)
+    expected = repa_euler_maruyama(nonlinear, z, y, 250, path_type, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+    # w = sigma(t) is REPA's diffusion on the linear path only
+    sigma_form = SDESampler(num_steps=250, diffusion_form="sigma").sample(
+        nonlinear, z, y, generator=torch.Generator().manual_seed(2), path=path)
+    assert torch.allclose(sigma_form, expected, atol=1e-9) == (path_type == "linear")
 
 
 def test_sde_sbdm_needs_a_start_below_one():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rae.registry import AUTOENCODERS
-from rae.vae.sd_vae import SDVAE, autoencoder_kl
+from rae.vae.sd_vae import SDVAE, autoencoder_kl, sample_posterior
 from rae.weights import WeightsNotFound
 
 LOG = logging.getLogger("test_sd_vae")
@@ -77,6 +77,34 @@ def test_training_mode_draws_from_the_posterior(plugin, reference):
         expected = reference.encode(images * 2 - 1).latent_dist.sample() * 0.18215
     torch.testing.assert_close(drawn, expected)
     assert not torch.allclose(drawn, reference.encode(images * 2 - 1).latent_dist.mean * 0.18215)
+
+
+def test_sample_posterior_is_repas_draw_from_the_stored_moments():
+    """REPA's train.py: z = (mean + std * randn) * latents_scale + latents_bias, a fresh draw per call."""
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(1, 4, 2, 2, generator=g), torch.rand(1, 4, 2, 2, generator=g) + 0.5
+    first = sample_posterior(mean, std, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, (mean + std * eps) * 0.18215)
+    torch.testing.assert_close(sample_posterior(mean, std, 0.5, 0.25, torch.Generator().manual_seed(1)),
+                               (mean + std * eps) * 0.5 + 0.25)
+    draws = sample_posterior(mean.expand(20000, -1, -1, -1), std.expand(20000, -1, -1, -1), generator=g)
+    assert not torch.allclose(draws[0], draws[1])
+    torch.testing.assert_close(draws.mean(0), mean[0] * 0.18215, atol=0.01, rtol=0)
+    torch.testing.assert_close(draws.var(0), (std[0] * 0.18215) ** 2, rtol=0.05, atol=0)
+
+
+@needs_diffusers
+def test_training_mode_latents_have_the_posterior_variance(plugin, reference):
+    image = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        posterior = reference.encode(image * 2 - 1).latent_dist
+        torch.manual_seed(0)
+        draws = plugin.train().encode(image.expand(2000, -1, -1, -1))
+    mean, std = posterior.mean[0] * 0.18215, posterior.std[0] * 0.18215
+    assert (draws - mean).abs().amax() > 0.1 * std.min()  # a draw, not the posterior mean
+    torch.testing.assert_close(draws.mean(0), mean, atol=float(4 * std.max() / 2000 ** 0.5), rtol=0)
+    torch.testing.assert_close(draws.var(0), std**2, rtol=0.15, atol=0)
 
 
 @needs_diffusers

@@ -13,7 +13,7 @@ from test_latent_cache import ROOT, Recorder, build, make_cache, run_experiment
 
 from rae.accelerator import Accelerator
 from rae.data.latent_cache import CacheMismatch
-from rae.experiments.stage2 import BatchLabelDropout
+from rae.experiments.stage2 import BatchLabelDropout, Stage2
 from rae.runner import main
 from rae.train.checkpoint import Checkpointer
 
@@ -167,11 +167,47 @@ def test_label_dropout_is_drawn_per_batch_and_not_again_in_the_forward_pass(tiny
     torch.testing.assert_close(backbone(x, t, y), backbone(x, t, y), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("mode, expected", [("constant", [2e-4, 2e-4, 2e-4, 1.1e-4]),
+                                            ("linear", [2e-4 * 2 / 3, 2e-4, 2e-4, 1.1e-4])])
+def test_the_warmup_mode_shapes_the_logged_lr(tmp_path, tiny_dinov2_registers_dir, mode, expected):
+    bindings = tiny(tiny_dinov2_registers_dir, "stage2.total_steps = 4", "stage2.lr = 2e-4",
+                    "stage2.lr_schedule = 'linear'", "stage2.warmup_steps = 3", "stage2.decay_end_step = 5",
+                    "stage2.final_lr = 2e-5", f"stage2.warmup_mode = '{mode}'")
+    _, _, log, _ = train(tmp_path, bindings)
+    assert [log.scalars["lr"][s] for s in (1, 2, 3, 4)] == pytest.approx(expected)  # the lr of the next step
+
+
+class LinearEncoder(torch.nn.Module):
+    """An autoencoder's encode: one linear map, recording the dtype it computed in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.dtypes: list[torch.dtype] = []
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.proj(images)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("autocast_encode, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_images_are_encoded_in_fp32_unless_autocast_encode(autocast_encode, dtype):
+    """Both releases encode outside mixed precision (RAE's train.py, REPA's offline fp32 moments)."""
+    settings = type("Settings", (), {"micro_batch_size": 2, "autocast_encode": autocast_encode})()
+    encoder, images = LinearEncoder(), torch.rand(4, 4)
+    latents = Stage2._encode(settings, encoder, images, Accelerator(torch.device("cpu"), precision="bf16"))
+    assert encoder.dtypes == [dtype, dtype] and latents.dtype == torch.float32
+    if not autocast_encode:
+        torch.testing.assert_close(latents, encoder.proj(images), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("binding, message", [
     ("stage2.micro_batch_size = 3", "per-rank batch 8 .* not divisible by micro_batch_size 3"),
     ("ditdh.in_channels = 16", r"latents \(32, 4, 4\) but the backbone takes \(16, 4, 4\)"),
     ("stage2.latents = @dataset.latent_cache()", "exactly one"),
     ("stage2.warmup_epochs = 1", "warmup in steps or in epochs, not both"),
+    ("stage2.warmup_mode = 'cosine'", "stage2.warmup_mode one of"),
     ("stage2.sample_labels = [3, 10]", r"sample_labels \[3, 10\] must be classes of the data, 0..9"),
 ])
 def test_inconsistent_settings_fail_before_the_first_step(tmp_path, tiny_dinov2_registers_dir, binding, message):
@@ -189,6 +225,10 @@ def test_paper_configs_dry_run_offline(config, count, tmp_path, capsys):
     assert rc == 0, out
     assert f"backbone: DiTDH, {count}" in out and "latent shape: (768, 16, 16)" in out
     assert "latent_cache.path" in out.splitlines()[-1]  # required, and never opened by the dry run
+    # as released: seed 42, fp32, lr held at 2e-4 for 40 epochs then linear decay to 2e-5 at epoch 800
+    for line in ("run.seed = 42", "run.precision = 'fp32'", "stage2.warmup_mode = 'constant'",
+                 "stage2.warmup_epochs = 40", "stage2.decay_end_epoch = 800", "stage2.final_lr = 2e-05"):
+        assert line in out, line
     assert not list(tmp_path.iterdir())
 
 

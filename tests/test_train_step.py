@@ -90,6 +90,42 @@ def test_scheduler_drives_the_optimizer_lr():
     assert lrs == pytest.approx([1e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
 
 
+def _released_factor(step: int, steps_per_epoch: int, warmup_from_zero: bool) -> float:
+    """RAE's build_scheduler (src/utils/optim_utils.py), type linear, with the released stage-2 yaml's
+    warmup_epochs 40, decay_end_epoch 800, base_lr 2e-4, final_lr 2e-5, written out independently."""
+    warmup, decay_end, final_ratio = int(40 * steps_per_epoch), int(800 * steps_per_epoch), 2e-5 / 2e-4
+    if step < warmup:
+        return (step + 1) / warmup if warmup_from_zero else 1.0
+    if step >= decay_end:
+        return final_ratio
+    return 1.0 - (1.0 - final_ratio) * (step - warmup) / max(decay_end - warmup, 1)
+
+
+@pytest.mark.parametrize("warmup, from_zero", [("constant", False), ("linear", True)])
+def test_the_released_stage2_lr_per_step(warmup, from_zero):
+    per_epoch = 1251  # ImageNet-1k at batch 1024, drop_last
+    epoch = [0, 1, 2, 3, 50039, 50040, 50041, 420 * per_epoch, 1000799, 1000800, 1000801, 1751399]
+    for step in epoch:
+        ours = lr_factor(step, "linear", 40 * per_epoch, 800 * per_epoch, 0.1, warmup)
+        assert ours == pytest.approx(_released_factor(step, per_epoch, from_zero), rel=1e-12, abs=1e-15), step
+    if warmup == "constant":  # 2e-4 flat for 40 epochs, then decay from epoch 40 (not 0) to 2e-5 at 800
+        lrs = [2e-4 * lr_factor(s, "linear", 50040, 1000800, 0.1, warmup) for s in (0, 50039, 50040, 525420, 1000800)]
+        assert lrs == pytest.approx([2e-4, 2e-4, 2e-4, 1.1e-4, 2e-5])
+    with pytest.raises(ValueError, match="warmup"):
+        lr_factor(0, "linear", 10, 20, 0.1, "cosine")
+
+
+def test_a_constant_warmup_scheduler_holds_the_base_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-4)
+    sched = make_scheduler(opt, "linear", warmup_steps=2, decay_end_step=4, final_lr=2e-5, warmup="constant")
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
+
+
 def test_ema_update_formula_and_buffers():
     model = nn.BatchNorm1d(3)
     ema = EMA(model, decay=0.9)

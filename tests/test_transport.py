@@ -257,6 +257,51 @@ def test_uniform_schedule_and_shifted_training_times():
         assert (shifted <= u).double().mean().item() == pytest.approx(u / (s - (s - 1) * u), abs=0.01)
 
 
+def released_truncated_logitnormal(n: int, mu: float, sigma: float, high: float, generator) -> torch.Tensor:
+    """RAE's transport.py truncated_logitnormal_sample on [0, high], written out: u ~ U(Phi(-inf), Phi(beta)),
+    z = mu + sigma Phi^-1(u), t = sigmoid(z) clamped into [0, high]."""
+    base = torch.distributions.Normal(0.0, 1.0)
+    beta = (math.log(high / (1 - high)) - mu) / sigma
+    u = torch.rand(n, generator=generator) * base.cdf(torch.tensor(beta))
+    return torch.sigmoid(mu + sigma * base.icdf(u)).clamp(0.0, high)
+
+
+def test_truncated_draws_are_rae_releases_on_its_training_interval():
+    """RAE trains velocity models on t in [0, 1 - 1/1000] (check_interval), before the shift."""
+    high, n = 0.999, 4096
+    uniform = Uniform().sample_below(n, high, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(uniform, torch.rand(n, generator=torch.Generator().manual_seed(0)) * high)
+    logit = LogitNormal(0.0, 1.0).sample_below(n, high, torch.Generator().manual_seed(0))
+    released = released_truncated_logitnormal(n, 0.0, 1.0, high, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logit, released, rtol=1e-5, atol=1e-6)
+    assert logit.max() <= high
+    # high >= 1 is the plain draw (the same random numbers as sample)
+    torch.testing.assert_close(LogitNormal().sample_below(8, 1.0, torch.Generator().manual_seed(3)),
+                               LogitNormal().sample(8, torch.Generator().manual_seed(3)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("schedule", [Uniform(), LogitNormal(0.5, 0.8), ArctanLogNormal(-0.3, 1.1)])
+def test_a_truncated_schedule_is_the_conditional_distribution(schedule):
+    high, n = 0.6, 20000
+    ordered = schedule.sample_below(n, high, torch.Generator().manual_seed(4)).double().sort().values
+    assert ordered.max() <= high
+    conditional = schedule.cdf(ordered) / schedule.cdf(torch.tensor(high, dtype=F64))
+    ks = (torch.arange(1, n + 1, dtype=F64) / n - conditional).abs().max().item()
+    assert ks < 1.63 / math.sqrt(n)  # Kolmogorov-Smirnov at the 1% level
+    u = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
+    torch.testing.assert_close(schedule.cdf(schedule.icdf(u)), u)
+
+
+def test_the_transport_truncates_before_the_shift():
+    transport = Transport(time_schedule=LogitNormal(), shift_base_dim=4096, truncate_at=0.999)
+    t = transport.sample_time(4096, (768, 16, 16), torch.Generator().manual_seed(6))
+    draw = LogitNormal().sample_below(4096, 0.999, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(t, shift_time(draw, math.sqrt(48)))
+    assert t.max() <= shift_time(torch.tensor(0.999), math.sqrt(48))
+    with pytest.raises(ValueError, match="truncate_at must be in"):
+        Transport(truncate_at=0.0)
+
+
 def test_logit_normal_rejects_bad_std():
     with pytest.raises(ValueError, match="std must be positive"):
         LogitNormal(0.0, 0.0)
@@ -265,7 +310,8 @@ def test_logit_normal_rejects_bad_std():
 
 
 def test_arctan_log_normal_is_repas_cosine_lognormal():
-    """REPA's loss.py, --path-type cosine --weighting lognormal: sigma = exp(P_std z + P_mean), t = 2/pi atan(sigma)."""
+    """REPA's loss.py, --path-type cosine --weighting lognormal: sigma = exp(z), t = 2/pi atan(sigma); here
+    with a mean and std (REPA's are 0 and 1) to show both enter."""
     mean, std, n = -1.2, 1.2, 20000
     t = ArctanLogNormal(mean, std).sample(n, torch.Generator().manual_seed(0)).double()
     assert 0 < t.min() and t.max() < 1
@@ -297,8 +343,14 @@ def test_repa_lognormal_fragments(fragment, path, schedule):
         gin.clear_config()
     assert isinstance(transport.path, path) and transport.prediction == "velocity"
     assert type(transport.time_schedule) is schedule
-    assert (transport.time_schedule.mean, transport.time_schedule.std) == (-1.2, 1.2)
+    assert (transport.time_schedule.mean, transport.time_schedule.std) == (0.0, 1.0)
     assert transport.loss_weight == "none" and transport.shift((4, 32, 32)) == 1.0
+    # REPA's loss.py on the same normal draws: sigma = exp(z); linear t = sigma / (1 + sigma),
+    # cosine t = 2 / pi atan(sigma)
+    sigma = torch.randn(1000, generator=torch.Generator().manual_seed(5)).exp()
+    repa = sigma / (1 + sigma) if path is LinearPath else 2 / math.pi * torch.atan(sigma)
+    ours = transport.sample_time(1000, (4, 32, 32), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, repa, rtol=1e-6, atol=1e-6)
 
 
 # ---- gin ----
@@ -314,4 +366,5 @@ def test_rae_linear_fragment_builds_the_paper_transport():
     assert isinstance(transport.time_schedule, LogitNormal)
     assert (transport.time_schedule.mean, transport.time_schedule.std) == (0.0, 1.0)
     assert transport.loss_weight == "none" and transport.shift((768, 16, 16)) == pytest.approx(math.sqrt(48))
+    assert transport.truncate_at == 0.999  # RAE's check_interval: t1 = 1 - 1/1000
     assert set(TIME_SCHEDULES.names()) >= {"uniform", "logit_normal"} and "transport" in LOSSES

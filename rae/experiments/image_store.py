@@ -4,6 +4,11 @@ Each image is ``{index:06d}.png``, written atomically (temporary file + rename),
 exists is complete. Its class label lives in the PNG's own ``label`` text chunk: image and label
 are one file, written in one rename, and survive restarts together. ``pack_npz`` gathers them into
 the ADM evaluation format (``arr_0`` uint8 NHWC, ``arr_1`` int64 labels).
+
+Floats become 8 bits as both releases store them: clamped to [0, 1], times 255, truncated
+(RAE's ``src/sample_ddp.py`` and ``src/stage1_sample_ddp.py``: ``clamp(0, 1).mul(255).to(uint8)``;
+REPA's ``generate.py``: ``clamp(255 * x, 0, 255).to(uint8)``). ``quantize="round"`` rounds to the
+nearest level instead (ADM's own samplers; on average half a level brighter than truncation).
 """
 from __future__ import annotations
 
@@ -21,15 +26,25 @@ from rae.train.checkpoint import atomic_write
 
 _NAME = re.compile(r"^(\d{6,})\.png$")
 _LABEL_KEY = "label"
+QUANTIZE = ("truncate", "round")
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) floats in [0,1] -> uint8 the way ADM does (``(x*255).round().clamp(0,255)``); uint8 passes."""
+def check_quantize(quantize: str, field: str = "quantize") -> str:
+    """``quantize`` if it names a rule of `to_uint8`, else a ValueError naming ``field``."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"{field} must be one of {QUANTIZE}, got {quantize!r}")
+    return quantize
+
+
+def to_uint8(images: torch.Tensor, quantize: str = "truncate") -> torch.Tensor:
+    """(B,3,H,W) floats in [0,1] -> uint8: clamp, times 255, then truncate (the releases) or round; uint8 passes."""
+    check_quantize(quantize)
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
         raise TypeError(f"images must be float in [0,1] or uint8, got {images.dtype}")
-    return (images.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
+    scaled = images.detach().float().clamp(0, 1) * 255
+    return (scaled.round() if quantize == "round" else scaled).to(torch.uint8)
 
 
 def chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -42,10 +57,14 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 class ImageStore:
-    """Images by index as PNGs under ``folder`` (``{index:06d}.png``) plus their labels; resumable."""
+    """Images by index as PNGs under ``folder`` (``{index:06d}.png``) plus their labels; resumable.
 
-    def __init__(self, folder: str | Path) -> None:
+    Float images are stored as `to_uint8` makes them with ``quantize`` ("truncate", the releases; or "round").
+    """
+
+    def __init__(self, folder: str | Path, quantize: str = "truncate") -> None:
         self.folder = Path(folder)
+        self.quantize = check_quantize(quantize)
 
     def path(self, index: int) -> Path:
         return self.folder / f"{index:06d}.png"
@@ -63,7 +82,7 @@ class ImageStore:
             raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
         if not len(indices) == len(labels) == images.shape[0]:
             raise ValueError(f"{len(indices)} indices, {len(labels)} labels, {images.shape[0]} images: must match")
-        pixels = to_uint8(images)
+        pixels = to_uint8(images, self.quantize)
         for index, image, label in zip(indices, pixels, labels):
             info = PngInfo()
             info.add_text(_LABEL_KEY, str(label))
@@ -94,9 +113,9 @@ class ImageStore:
         return atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int, quantize: str = "truncate") -> Path:
     """A PNG grid of (B,3,H,W) images (float [0,1] or uint8), ``nrow`` per row, 2-pixel white gaps; atomic."""
-    pixels = to_uint8(images)
+    pixels = to_uint8(images, quantize)
     b, _, h, w = pixels.shape
     rows, pad = -(-b // nrow), 2
     grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)

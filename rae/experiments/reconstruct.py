@@ -2,8 +2,9 @@
 
 Every image goes through ``encode`` and ``decode`` in eval mode (no latent noise). Ranks take the
 disjoint indices ``rank, rank + world, ...``; each reconstruction and its original, quantised to
-8 bits as stored, are written as soon as they are made (two `ImageStore` folders), and a rerun
-makes only the missing pairs. After a barrier rank 0 scores every stored pair (PSNR and SSIM on
+8 bits as stored (clamped and truncated like RAE's ``src/stage1_sample_ddp.py``, or rounded:
+``quantize``), are written as soon as they are made (two `ImageStore` folders), and a rerun makes
+only the missing pairs. After a barrier rank 0 scores every stored pair (PSNR and SSIM on
 the 8-bit images, per image, then averaged), so the scores cover all images whatever the number
 of ranks or where an earlier run stopped. Rank 0 also packs ``reconstructions.npz`` and
 ``references.npz`` (ADM's format) for rFID with the ``eval`` experiment (``eval.prefix = "r"``),
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rae.data.base import LabelledImages
 from rae.experiments.base import AutoencoderExperiment, RunContext
-from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
+from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, save_grid
 from rae.metrics.pixel import psnr, ssim
 from rae.registry import EXPERIMENTS
 from rae.train.checkpoint import atomic_write
@@ -49,6 +50,8 @@ class Reconstruct(AutoencoderExperiment):
       split: the metrics' context in the tracker (e.g. ``psnr{split=val}``).
       num_workers: data-loading processes (reading the dataset, and the stored PNGs to score).
       log_every: batches between progress logs.
+      quantize: floats to 8 bits by "truncate" (RAE's stage1_sample_ddp.py) or "round"; the originals,
+        8-bit values already, come out exactly either way.
     """
 
     kind = "reconstruct"
@@ -63,6 +66,7 @@ class Reconstruct(AutoencoderExperiment):
         split: str = "val",
         num_workers: int = 4,
         log_every: int = 10,
+        quantize: str = "truncate",
     ) -> None:
         if num_images is not None and num_images < 1:
             raise ValueError(f"reconstruct.num_images must be positive or None (all images), got {num_images}")
@@ -77,6 +81,7 @@ class Reconstruct(AutoencoderExperiment):
         self.split = split
         self.num_workers = num_workers
         self.log_every = log_every
+        self.quantize = check_quantize(quantize, "reconstruct.quantize")
 
     # ---- reconstruction ----
     def _count(self) -> int:
@@ -92,8 +97,8 @@ class Reconstruct(AutoencoderExperiment):
             raise ValueError("reconstruct needs deterministic images, but the dataset flips at random: "
                              "set image_folder.random_flip = False")
         count = self._count()
-        reconstructions = ImageStore(ctx.run_dir / RECONSTRUCTIONS_DIR)
-        references = ImageStore(ctx.run_dir / REFERENCES_DIR)
+        reconstructions = ImageStore(ctx.run_dir / RECONSTRUCTIONS_DIR, self.quantize)
+        references = ImageStore(ctx.run_dir / REFERENCES_DIR, self.quantize)
         done = reconstructions.done() & references.done()
         ours = range(acc.rank, count, acc.world_size)
         mine = [i for i in ours if i not in done]

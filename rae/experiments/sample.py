@@ -20,7 +20,7 @@ from torch import nn
 
 from rae.backbones.base import Backbone
 from rae.experiments.base import Experiment, RunContext
-from rae.experiments.image_store import ImageStore, chw_tensor, save_grid
+from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, save_grid
 from rae.hub import resolve
 from rae.registry import EXPERIMENTS
 from rae.repa.checkpoint import load_repa_checkpoint
@@ -69,6 +69,7 @@ class Sample(Experiment):
       batch_size: samples per forward pass on each rank.
       grid_size, grid_rows: the first ``grid_size`` samples form the logged grid, ``grid_rows`` per row.
       log_every: batches between progress logs.
+      quantize: floats to 8 bits by "truncate" (RAE's and REPA's samplers) or "round" (`rae.experiments.image_store`).
     """
 
     kind = "sample"
@@ -88,6 +89,7 @@ class Sample(Experiment):
         grid_size: int = 64,
         grid_rows: int = 8,
         log_every: int = 10,
+        quantize: str = "truncate",
     ) -> None:
         if labels not in LABEL_MODES:
             raise ValueError(f"sample.labels must be one of {LABEL_MODES}, got {labels!r}")
@@ -117,6 +119,7 @@ class Sample(Experiment):
         self.grid_size = min(grid_size, num_samples)
         self.grid_rows = grid_rows
         self.log_every = log_every
+        self.quantize = check_quantize(quantize, "sample.quantize")
 
     # ---- what the runner asks ----
     def models(self) -> dict[str, nn.Module]:
@@ -155,7 +158,7 @@ class Sample(Experiment):
     # ---- sampling ----
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator
-        store = ImageStore(ctx.run_dir / IMAGES_DIR)
+        store = ImageStore(ctx.run_dir / IMAGES_DIR, self.quantize)
         done = store.done()
         mine = [i for i in range(acc.rank, self.num_samples, acc.world_size) if i not in done]
         ctx.log.info("sample: rank %d makes %d of its %d images (%d already done in all)", acc.rank, len(mine),

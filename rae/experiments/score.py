@@ -12,6 +12,7 @@ from torch import nn
 
 from rae.data.base import LabelledImages
 from rae.experiments.base import Experiment, RunContext
+from rae.experiments.image_store import to_uint8
 from rae.hub import resolve
 from rae.metrics.evaluate import (
     Reference,
@@ -98,7 +99,7 @@ class Evaluate(Experiment):
 
 
 def _uint8_batches(dataset: LabelledImages, batch_size: int) -> Any:
-    """A dataset's images in [0, 1] as uint8 NHWC batches, quantised as samples are (ADM's rounding)."""
+    """A dataset's images in [0, 1] as uint8 NHWC batches, quantised as samples are (`to_uint8`: truncation)."""
     for start in range(0, len(dataset), batch_size):
         images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        yield (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        yield to_uint8(images).permute(0, 2, 3, 1)

@@ -15,6 +15,7 @@ model samples a grid with a few Euler steps, decoded by the autoencoder.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -42,7 +43,7 @@ from rae.train.distributed import (
 )
 from rae.train.draws import StepDraws
 from rae.train.ema import EMA
-from rae.train.optim import make_adamw, make_scheduler
+from rae.train.optim import SCHEDULES, WARMUPS, make_adamw, make_scheduler
 from rae.train.session import RunSetting, TrainingSession
 from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
 from rae.transport.transport import TrainingPoint, Transport
@@ -197,11 +198,15 @@ class Stage2(Experiment):
         {"align_loss": loss})`` with ``encoder_depth``; needs ``dataset`` (its encoders see the images).
       batch_size: global batch (all ranks, all micro-batches); micro_batch_size: per forward pass.
       total_steps / total_epochs: training length; warmup_steps / warmup_epochs and decay_end_step /
-        decay_end_epoch shape the ``lr_schedule`` ("constant", "linear", "cosine") down to ``final_lr``.
+        decay_end_epoch shape the ``lr_schedule`` ("constant", "linear", "cosine") down to ``final_lr``;
+        ``warmup_mode`` "linear" ramps the lr from zero during the warmup, "constant" holds it at ``lr``
+        (RAE's released stage 2: ``warmup_from_zero: false``, `rae.train.optim.lr_factor`).
       lr, betas, weight_decay, adam_eps: AdamW. grad_clip: max gradient norm (None: no clipping).
       ema_decay: decay of the EMA model that samples and is saved as ``ema.pt``.
       stochastic_encode: encode with the autoencoder in training mode (SD-VAE: a fresh posterior
         sample every step, as REPA); off, RAE latents are clean (its training noise is for decoders).
+      autocast_encode: encode under the run's mixed precision (faster); off, the autoencoder encodes in
+        fp32 as both releases do (RAE's train.py encodes outside autocast, REPA encodes offline in fp32).
       compile: ``torch.compile`` the step's module (the EMA is built from the uncompiled one).
       parallel: under torchrun, "ddp" (replicated weights, all-reduced gradients) or "fsdp" (FSDP2:
         weights, gradients, optimiser state and the EMA sharded over the ranks; checkpoints hold
@@ -236,9 +241,11 @@ class Stage2(Experiment):
         decay_end_step: int | None = None,
         decay_end_epoch: float | None = None,
         final_lr: float | None = None,
+        warmup_mode: str = "linear",
         grad_clip: float | None = 1.0,
         ema_decay: float = 0.9995,
         stochastic_encode: bool = False,
+        autocast_encode: bool = False,
         compile: bool = False,
         parallel: str = "ddp",
         num_workers: int = 4,
@@ -262,6 +269,9 @@ class Stage2(Experiment):
             raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
         if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
             raise ValueError(f"stage2: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
+        if lr_schedule not in SCHEDULES or warmup_mode not in WARMUPS:
+            raise ValueError(f"stage2.lr_schedule must be one of {SCHEDULES} and stage2.warmup_mode one of {WARMUPS}, "
+                             f"got {lr_schedule!r} and {warmup_mode!r}")
         if parallel not in STRATEGIES:
             raise ValueError(f"stage2.parallel must be one of {STRATEGIES}, got {parallel!r}")
         if total_steps is None and total_epochs is None:
@@ -287,9 +297,11 @@ class Stage2(Experiment):
         self.adam_eps = adam_eps
         self.lr_schedule = lr_schedule
         self.final_lr = final_lr
+        self.warmup_mode = warmup_mode
         self.grad_clip = grad_clip
         self.ema_decay = ema_decay
         self.stochastic_encode = stochastic_encode
+        self.autocast_encode = autocast_encode
         self.compile = compile
         self.parallel = parallel
         self.num_workers = num_workers
@@ -388,7 +400,7 @@ class Stage2(Experiment):
         per_epoch = stream.batches_per_epoch
         total_steps = _pick(*self.total, per_epoch, None)
         scheduler = make_scheduler(optimizer, self.lr_schedule, _pick(*self.warmup, per_epoch, 0),
-                                   _pick(*self.decay_end, per_epoch, total_steps), self.final_lr)
+                                   _pick(*self.decay_end, per_epoch, total_steps), self.final_lr, self.warmup_mode)
         scaler = torch.amp.GradScaler(acc.device.type) if acc.precision == "fp16" else None
         state: dict[str, Any] = {"backbone": backbone, "ema": ema, "optimizer": optimizer,
                                  "scheduler": scheduler, "data": stream,
@@ -453,7 +465,7 @@ class Stage2(Experiment):
     def _encode(self, autoencoder: nn.Module, images: torch.Tensor, acc: Accelerator) -> torch.Tensor:
         """Images -> float32 latents, in chunks of the micro-batch (the encoder's memory is that of a forward)."""
         chunks = images.split(self.micro_batch_size or images.shape[0])
-        with acc.autocast():
+        with acc.autocast() if self.autocast_encode else contextlib.nullcontext():
             return torch.cat([autoencoder.encode(chunk).float() for chunk in chunks])
 
     def _sample_grid(self, ctx: RunContext, num_classes: int, every_rank: bool) -> SampleGrid | None:

@@ -33,7 +33,17 @@ class EulerSampler(Sampler):
 
 @SAMPLERS.register("heun")
 class HeunSampler(Sampler):
-    """Heun's second-order method (explicit trapezoid, torchdiffeq's ``heun2``): 2 evaluations a step."""
+    """Heun's second-order method (explicit trapezoid, torchdiffeq's ``heun2``): 2 evaluations a step.
+
+    ``euler_last_step``: the last step is a plain Euler step (no corrector), as REPA's
+    ``samplers.py`` ``euler_sampler(heun=True)`` does (``if heun and (i < num_steps - 1)``); its
+    N steps cost 2N - 1 evaluations. Off, every step is Heun's (2N evaluations).
+    """
+
+    def __init__(self, num_steps: int = 50, shift: float | str = 1.0, start: float = 1.0, end: float = 0.0,
+                 euler_last_step: bool = False) -> None:
+        super().__init__(num_steps, shift, start, end)
+        self.euler_last_step = euler_last_step
 
     def sample(
         self,
@@ -46,9 +56,13 @@ class HeunSampler(Sampler):
     ) -> torch.Tensor:
         x = noise
         grid = self.grid(tuple(noise.shape[1:])).tolist()
-        for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        last = len(grid) - 2
+        for i, (t_cur, t_next) in enumerate(zip(grid[:-1], grid[1:])):
             h = t_next - t_cur
             v_cur = evaluate(velocity, x, t_cur, y)
+            if i == last and self.euler_last_step:
+                x = x + h * v_cur
+                continue
             v_next = evaluate(velocity, x + h * v_cur, t_next, y)
             x = x + 0.5 * h * (v_cur + v_next)
         return x

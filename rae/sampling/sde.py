@@ -5,7 +5,8 @@ w(t) >= 0, the SDE  dx = [v - w s] dt + sqrt(2 w) dW  run from t = 1 down to t =
 has the same marginals as dx/dt = v (SiT, Sec. 2.3). A step of size h = t - t_next is
     x <- x - h (v - w s) + sqrt(2 w h) z,   z ~ N(0, I).
 SiT and REPA write the same rule with their own t directions: SiT runs t from noise = 0
-to data = 1 (drift v + w s, step +h); REPA runs t from 1 to 0 with diffusion 2w = 2t.
+to data = 1 (drift v + w s, step +h); REPA runs t from 1 to 0 with diffusion 2w = 2t on
+both of its paths (``samplers.py`` ``compute_diffusion``), i.e. ``diffusion_form="linear"``.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ DIFFUSION_FORMS: dict[str, Callable[[float, Coefficients, float], float]] = {
     "constant": lambda t, c, norm: norm,
     # SiT's "SBDM": the diffusion of the variance-preserving SDE; infinite where alpha = 0.
     "sbdm": lambda t, c, norm: norm * (c[1] * c[3] - c[2] / c[0] * c[1] ** 2) if c[0] else math.inf,
-    # REPA's choice with norm 1 on the linear path: w = t, i.e. 2w = 2t.
+    # w = sigma(t): equal to REPA's w = t on the linear path only.
     "sigma": lambda t, c, norm: norm * c[1],
+    # REPA's compute_diffusion with norm 1, on any path: w = t, i.e. 2w = 2t.
     "linear": lambda t, c, norm: norm * t,
     "decreasing": lambda t, c, norm: 0.25 * (1 - norm * math.cos(math.pi * t)) ** 2,
     "increasing_decreasing": lambda t, c, norm: norm * math.sin(math.pi * t) ** 2,
@@ -50,7 +52,8 @@ class SDESampler(Sampler):
     there to data is ``none`` (keep x), ``mean`` (the SDE drift, no noise), ``euler``
     (the ODE drift) or ``tweedie`` (E[x_data | x] = (x + sigma^2 s) / alpha). With
     ``last_step="none"`` the grid runs to t = 0 itself. REPA's SDE sampler is
-    ``num_steps=250, diffusion_form="sigma", last_step="mean", last_step_size=0.04``.
+    ``num_steps=250, diffusion_form="linear", last_step="mean", last_step_size=0.04`` on its
+    linear and cosine paths alike.
     """
 
     def __init__(

@@ -1,5 +1,6 @@
 """How training draws t in [0, 1]: uniform, logit-normal (SD3; RAE's stage 2 with mean 0, std 1), or
-REPA's log-normal on the cosine path."""
+REPA's log-normal on the cosine path. Each gives its CDF and inverse, so that a draw can be conditioned
+on t <= high (`TimeSchedule.sample_below`: RAE's training interval [0, 1 - 1/1000])."""
 from __future__ import annotations
 
 import abc
@@ -23,6 +24,27 @@ class TimeSchedule(abc.ABC):
                device: torch.device | str | None = None) -> torch.Tensor:
         """n float32 times; drawn on the generator's device if a generator is given."""
 
+    @abc.abstractmethod
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        """P(T <= t)."""
+
+    @abc.abstractmethod
+    def icdf(self, u: torch.Tensor) -> torch.Tensor:
+        """The time with P(T <= t) = u (the inverse of `cdf`)."""
+
+    def sample_below(self, n: int, high: float, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """n times conditioned on T <= ``high``, by inverse CDF; ``high >= 1`` is `sample` itself.
+
+        RAE's ``transport.py`` draws training times this way on [0, 1 - 1/1000]: uniform as
+        ``rand * high``, logit-normal by ``truncated_logitnormal_sample`` (u ~ U(0, cdf(high)),
+        t = icdf(u), clamped into [0, high]).
+        """
+        if high >= 1.0:
+            return self.sample(n, generator=generator, device=device)
+        u = torch.rand(n, generator=generator, device=_device(generator, device))
+        return self.icdf(u * self.cdf(torch.tensor(high))).clamp(0.0, high)
+
 
 @TIME_SCHEDULES.register("uniform")
 class Uniform(TimeSchedule):
@@ -31,6 +53,12 @@ class Uniform(TimeSchedule):
     def sample(self, n: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> torch.Tensor:
         return torch.rand(n, generator=generator, device=_device(generator, device))
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clamp(0.0, 1.0)
+
+    def icdf(self, u: torch.Tensor) -> torch.Tensor:
+        return u
 
 
 @TIME_SCHEDULES.register("logit_normal")
@@ -51,6 +79,12 @@ class LogitNormal(TimeSchedule):
         z = torch.randn(n, generator=generator, device=_device(generator, device))
         return torch.sigmoid(self.mean + self.std * z)
 
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.special.ndtr((torch.logit(t) - self.mean) / self.std)
+
+    def icdf(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mean + self.std * torch.special.ndtri(u))
+
 
 @TIME_SCHEDULES.register("arctan_log_normal")
 class ArctanLogNormal(TimeSchedule):
@@ -70,3 +104,9 @@ class ArctanLogNormal(TimeSchedule):
                device: torch.device | str | None = None) -> torch.Tensor:
         z = torch.randn(n, generator=generator, device=_device(generator, device))
         return torch.atan(torch.exp(self.mean + self.std * z)) * (2 / math.pi)
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.special.ndtr((torch.log(torch.tan(math.pi / 2 * t)) - self.mean) / self.std)
+
+    def icdf(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.atan(torch.exp(self.mean + self.std * torch.special.ndtri(u))) * (2 / math.pi)

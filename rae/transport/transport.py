@@ -50,7 +50,10 @@ class Transport:
       time_shift: a fixed shift s instead (at most one of the two; neither means s = 1).
       train_eps: distance kept from an end where the target diverges; the default follows SiT
         (VP: 1e-5 from data; noise/score on linear or GVP: 1e-3 from both ends; else 0).
-    Training times are the schedule's draw, shifted, then mapped linearly onto [t_min, t_max].
+      truncate_at: the schedule's draw is conditioned on t <= truncate_at, before the shift. RAE's
+        transport.py (``check_interval``) trains velocity models on [0, 1 - 1/1000]: uniform t as
+        U[0, 0.999), logit-normal truncated there; REPA's loss.py has no bound (1, the default).
+    Training times are the schedule's draw (truncated), shifted, then mapped linearly onto [t_min, t_max].
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Transport:
         shift_base_dim: int | None = None,
         time_shift: float | None = None,
         train_eps: float | None = None,
+        truncate_at: float = 1.0,
     ) -> None:
         self.path = path if path is not None else LinearPath()
         self.prediction = check_prediction(prediction)
@@ -74,7 +78,10 @@ class Transport:
             raise ValueError("give shift_base_dim (dimension-dependent shift) or time_shift (fixed), not both")
         if time_shift is not None and time_shift <= 0:
             raise ValueError(f"time_shift must be positive, got {time_shift}")
+        if not 0.0 < truncate_at <= 1.0:
+            raise ValueError(f"transport.truncate_at must be in (0, 1], got {truncate_at}")
         self.loss_weight = loss_weight
+        self.truncate_at = truncate_at
         self.shift_base_dim = shift_base_dim
         self.time_shift = time_shift
         self.t_min, self.t_max = self._train_interval(train_eps)
@@ -98,8 +105,8 @@ class Transport:
 
     def sample_time(self, n: int, latent_shape: Sequence[int], generator: torch.Generator | None = None,
                     device: torch.device | str | None = None) -> torch.Tensor:
-        """n training times: schedule draw -> shift -> [t_min, t_max]."""
-        u = self.time_schedule.sample(n, generator=generator, device=device)
+        """n training times: schedule draw (conditioned on t <= truncate_at) -> shift -> [t_min, t_max]."""
+        u = self.time_schedule.sample_below(n, self.truncate_at, generator=generator, device=device)
         return self.t_min + (self.t_max - self.t_min) * shift_time(u, self.shift(latent_shape))
 
     # ---- training ----

@@ -1,9 +1,11 @@
 """`@autoencoder.sd_vae`: the Stable Diffusion VAE (diffusers ``AutoencoderKL``), REPA's latent space.
 
 Latents as REPA makes them (``train.py``: ``latents_scale`` 0.18215 on all four channels,
-``latents_bias`` 0): z = a draw from the VAE's posterior, then z * scale + bias. REPA draws a
-fresh posterior sample at every training step (it caches the posterior's mean and std);
-here ``encode`` draws one in training mode and takes the posterior mean in eval mode.
+``latents_bias`` 0): z = a draw from the VAE's posterior, then z * scale + bias. REPA caches the
+posterior's mean and std (``preprocessing/encoders.py``, in fp32) and draws a fresh sample from
+them at every training step (``train.py``'s ``sample_posterior``, `sample_posterior` here); here
+``encode`` draws one in training mode (stage 2 with ``stochastic_encode``) and takes the
+posterior mean in eval mode.
 ``decode`` inverts the scaling and maps the VAE's [-1, 1] pixels to the [0, 1] scale.
 
 diffusers is an optional extra (``pip install rae[vae]``); it is imported only when this
@@ -41,6 +43,14 @@ SD_VAE_ARCHITECTURE: dict[str, Any] = {
 }
 REPA_LATENT_SCALE = 0.18215
 """The SD VAE's scaling factor, REPA's ``latents_scale`` (its ``latents_bias`` is 0)."""
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, scale: float = REPA_LATENT_SCALE, bias: float = 0.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """(mean + std * eps) * scale + bias with a fresh eps ~ N(0, I): REPA's ``sample_posterior`` of ``train.py``."""
+    device = generator.device if generator is not None else mean.device
+    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=device).to(mean.device)
+    return (mean + std * eps) * scale + bias
 
 
 def autoencoder_kl() -> type:
@@ -113,8 +123,9 @@ class SDVAE(nn.Module, Pretrained):
             raise ValueError(f"sd_vae expects images of shape (B, {', '.join(map(str, expected))}) in [0, 1], "
                              f"got {tuple(images.shape)}; set sd_vae.image_size to the data's resolution")
         posterior = self.vae.encode(images * 2 - 1).latent_dist
-        z = posterior.sample() if self.training and self.sample_posterior else posterior.mean
-        return z * self.scaling_factor + self.latent_bias
+        if self.training and self.sample_posterior:
+            return sample_posterior(posterior.mean, posterior.std, self.scaling_factor, self.latent_bias)
+        return posterior.mean * self.scaling_factor + self.latent_bias
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, C, h, w) -> images (B, 3, f*h, f*w) on the [0, 1] scale, not clamped (f = 8)."""
