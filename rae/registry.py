@@ -101,11 +101,12 @@ LOSSES = Registry("loss")
 DATASETS = Registry("dataset")
 EXPERIMENTS = Registry("experiment")
 TRACKERS = Registry("tracker")
+EVALUATIONS = Registry("evaluation")
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (
         ENCODERS, DECODERS, AUTOENCODERS, BACKBONES, PATHS, TIME_SCHEDULES,
-        SAMPLERS, GUIDANCE, LOSSES, DATASETS, EXPERIMENTS, TRACKERS,
+        SAMPLERS, GUIDANCE, LOSSES, DATASETS, EXPERIMENTS, TRACKERS, EVALUATIONS,
     )
 }

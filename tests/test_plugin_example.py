@@ -27,7 +27,7 @@ def test_readme_encoder_plugin_runs_through_the_runner(tmp_path, monkeypatch):
     assert rc == 0
     stats_file = next((tmp_path / "runs" / "my_stats").glob("*/stat.pt"))
     stats = torch.load(stats_file, weights_only=True)
-    assert stats["mean"].shape == (1, 192, 1, 1) and stats["var"].shape == (1, 192, 1, 1)
+    assert stats["mean"].shape == (192, 8, 8) and stats["var"].shape == (192, 8, 8)  # per position, as RAE's
 
     # the same statistics computed directly, in float64, from the plugin and the dataset
     import my_encoders  # noqa: E402  (importable: the runner put the working folder on sys.path)
@@ -36,6 +36,6 @@ def test_readme_encoder_plugin_runs_through_the_runner(tmp_path, monkeypatch):
     encoder = my_encoders.PixelPatches(patch_size=8, input_size=64)
     dataset = EmbeddedDataset(size=24, resolution=64)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    tokens = encoder(images).double().reshape(-1, 192)
-    torch.testing.assert_close(stats["mean"].flatten().double(), tokens.mean(0), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(stats["var"].flatten().double(), tokens.var(0, unbiased=False), atol=1e-6, rtol=1e-5)
+    latents = encoder(images).double().transpose(1, 2).reshape(-1, 192, 8, 8)
+    torch.testing.assert_close(stats["mean"].double(), latents.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(stats["var"].double(), latents.var(0, unbiased=False), atol=1e-6, rtol=1e-5)

@@ -26,6 +26,7 @@ from rae.backbones.base import Backbone
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
 from rae.experiments.base import Experiment, RunContext, check_training
+from rae.experiments.online_fid import OnlineFID
 from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
 from rae.sampling.guidance import NoGuidance
@@ -215,6 +216,8 @@ class Stage2(Experiment):
       log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
       sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
       sample_labels: the classes in the grid (default: evenly spread over the classes, 8 of them).
+      online_fid: FID of samples against a reference batch every so many steps, logged as
+        ``online/fid_ema`` (and ``online/fid_model``), as RAE's train.py evaluates (`OnlineFID`).
     """
 
     kind = "stage2"
@@ -256,6 +259,7 @@ class Stage2(Experiment):
         sample_every: int = 10000,
         sample_steps: int = 10,
         sample_labels: list[int] | None = None,
+        online_fid: OnlineFID | None = None,
     ) -> None:
         if (latents is None) == (dataset is None):
             raise ValueError("stage2 trains on either `latents` (a latent cache) or `dataset` (images encoded "
@@ -265,6 +269,8 @@ class Stage2(Experiment):
         if alignment is not None and dataset is None:
             raise ValueError("stage2.alignment (REPA) needs images for its target encoders: give stage2.dataset "
                              "(with an autoencoder) instead of a latent cache")
+        if online_fid is not None and autoencoder is None:
+            raise ValueError("stage2.online_fid decodes its samples: give stage2.autoencoder")
         if stochastic_encode and dataset is None:
             raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
         if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
@@ -310,11 +316,13 @@ class Stage2(Experiment):
         self.sample_every = sample_every
         self.sample_steps = sample_steps
         self.sample_labels = sample_labels
+        self.online_fid = online_fid
         self._check_models()
 
     # ---- what the runner asks ----
     def models(self) -> dict[str, nn.Module]:
-        found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "alignment": self.alignment}
+        found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "alignment": self.alignment,
+                 "online_fid": self.online_fid}
         return {name: model for name, model in found.items() if model is not None}
 
     def latent_shape(self) -> tuple[int, ...]:
@@ -420,6 +428,8 @@ class Stage2(Experiment):
                      self.batch_size, per_rank, per_epoch)
         grid = self._sample_grid(ctx, data.num_classes, every_rank=sharded)
         draws = GlobalBatchDraws(self.transport, drop_labels, ctx.seed, acc, self.batch_size)
+        if session.step == 0:
+            self._online_fid(ctx, {"ema": ema.model, "model": backbone}, session.step)
 
         while not session.done:
             x, y = to_device(next(stream), acc.device)
@@ -441,6 +451,7 @@ class Stage2(Experiment):
                              scalars={"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(data)})
             if grid is not None and (session.step % self.sample_every == 0 or session.done):
                 grid.log(ema.model, acc, ctx.tracker, session.step)
+            self._online_fid(ctx, {"ema": ema.model, "model": backbone}, session.step)
 
         ema_path = ctx.run_dir / EMA_FILE
         ema_state = ShardedModuleState(ema.model).state_dict() if self.parallel == "fsdp" else ema.model.state_dict()
@@ -467,6 +478,15 @@ class Stage2(Experiment):
         chunks = images.split(self.micro_batch_size or images.shape[0])
         with acc.autocast() if self.autocast_encode else contextlib.nullcontext():
             return torch.cat([autoencoder.encode(chunk).float() for chunk in chunks])
+
+    def _online_fid(self, ctx: RunContext, models: dict[str, nn.Module], step: int) -> None:
+        """Score ``models`` with the online FID when it is due at ``step`` (every rank samples its share)."""
+        if self.online_fid is None or not self.online_fid.due(step):
+            return
+        scores = self.online_fid.evaluate(models, self.autoencoder, self.transport, ctx.accelerator, ctx.seed,
+                                          ctx.log)
+        for name, value in scores.items():
+            ctx.tracker.track(f"online/{name}", value, step)
 
     def _sample_grid(self, ctx: RunContext, num_classes: int, every_rank: bool) -> SampleGrid | None:
         """The main rank's grid; with ``every_rank`` (a sharded EMA, whose forward is a collective)
