@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_latent_cache import Recorder, build, run_experiment
+from test_release_configs import ROOT
+from test_stage2 import TINY_GIN, tiny
 
 from rae.experiments.image_store import to_uint8
 from rae.experiments.online_fid import OnlineFID
@@ -12,9 +15,6 @@ from rae.metrics.evaluate import load_reference
 from rae.metrics.frechet import GaussianStats, frechet_distance
 from rae.runner import main
 from rae.sampling import EulerSampler, NoGuidance
-from test_latent_cache import Recorder, build, run_experiment
-from test_release_configs import ROOT
-from test_stage2 import TINY_GIN, tiny
 
 NUM_SAMPLES = 4
 
