@@ -42,6 +42,7 @@ from rae.encoders.hf import CONFIG_DIR
 from rae.encoders.ijepa import IJEPA
 from rae.encoders.mae import MAE
 from rae.encoders.mocov3 import MoCoV3
+from rae.registry import ENCODERS
 from rae.repa.loss import REPALoss
 from rae.repa.targets import REPA_TARGETS, repa_encoders
 from rae.weights import WeightsNotFound
@@ -124,10 +125,9 @@ def build_target(name: str, folders: dict[str, Path], mae_dir: Path, dinov2_dir:
     family, kwargs = REPA_TARGETS[name]
     weights = {"dinov2": dinov2_dir, "mae": mae_dir}.get(family, folders.get(family))
     size = 56 if family == "dinov2" else 32
-    return loaded(_FAMILY[family](**kwargs, input_size=size, weights=str(weights)))
+    return loaded(ENCODERS.get(family)(**kwargs, input_size=size, weights=str(weights)))
 
 
-_FAMILY = {"dinov2": DINOv2, "dinov1": DINOv1, "clip": CLIP, "ijepa": IJEPA, "mae": MAE, "mocov3": MoCoV3}
 TARGET_NAMES = ["dinov2-vit-b", "dinov1-vit-b", "clip-vit-L", "jepa-vit-h", "mae-vit-l", "mocov3-vit-b"]
 
 
@@ -336,8 +336,9 @@ def test_enc_type_string_gives_one_projector_per_target():
 FRAGMENTS = {
     "alignment_dinov2_s.gin": "dinov2-vit-s", "alignment_dinov2_b.gin": "dinov2-vit-b",
     "alignment_dinov2_l.gin": "dinov2-vit-l", "alignment_dinov2_g.gin": "dinov2-vit-g",
-    "alignment_dinov1_b.gin": "dinov1-vit-b", "alignment_clip_l.gin": "clip-vit-L", "alignment_jepa_h.gin": "jepa-vit-h",
-    "alignment_mae_l.gin": "mae-vit-l", "alignment_mocov3_b.gin": "mocov3-vit-b", "alignment_mocov3_l.gin": "mocov3-vit-l",
+    "alignment_dinov1_b.gin": "dinov1-vit-b", "alignment_clip_l.gin": "clip-vit-L",
+    "alignment_jepa_h.gin": "jepa-vit-h", "alignment_mae_l.gin": "mae-vit-l",
+    "alignment_mocov3_b.gin": "mocov3-vit-b", "alignment_mocov3_l.gin": "mocov3-vit-l",
     "alignment_dinov2_b_clip_l.gin": "dinov2-vit-b,clip-vit-L",
 }
 
@@ -403,3 +404,10 @@ def test_two_targets_train_a_tiny_sit_and_the_alignment_is_their_mean(tmp_path, 
         assert logged == pytest.approx(float(sum(per_target) / 2), rel=1e-5, abs=1e-6)
         diffusion = tracker.scalars["loss/diffusion"][step]
         assert tracker.scalars["loss"][step] == pytest.approx(diffusion + 0.5 * logged, rel=1e-5)
+
+
+def test_resampling_needs_the_checkpoints_position_table(folders):
+    encoder = DINOv1(input_size=32, weights=str(folders["dinov1"]))
+    state = {k: v for k, v in encoder.model.state_dict().items() if "position" not in k}
+    with pytest.raises(ValueError, match="no position table 'embeddings.position_embeddings'.*dinov1"):
+        encoder.adopt(state, "a checkpoint")

@@ -1,10 +1,12 @@
 """Encoders built on transformers models: architecture from a config now, weights later.
 
 Architectures come from ``configs/<hub name>.json``, shipped with the package: each holds the
-released checkpoint's hub id, its published ``config.json`` (``model``; for SigLIP2 the vision
-tower's part) and its image processor's ``image_mean`` / ``image_std``. When ``weights`` is a
+released checkpoint's hub id, its published ``config.json`` (``model``; for SigLIP2 and CLIP
+the vision tower's part) and its image processor's ``image_mean`` / ``image_std`` (for REPA's
+targets, the normalisation REPA applies; `fixed_normalisation`). When ``weights`` is a
 local ``save_pretrained`` folder, that folder's own config.json defines the architecture
 instead. Either way construction never touches the network; ``load_pretrained`` does.
+(``mocov3_vit*.json`` hold timm ``VisionTransformer`` arguments instead: MoCo v3 has no hub id.)
 """
 from __future__ import annotations
 
