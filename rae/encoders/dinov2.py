@@ -17,10 +17,15 @@ class DINOv2(TransformersEncoder):
     RAE (``Dinov2withNorm``) uses ``facebook/dinov2-with-registers-base`` at 224 px for 256-px
     images (448 px for 512) and removes the affine of the final layer norm. ``variant`` picks
     the shipped architecture; a local ``weights`` folder brings its own config.json instead.
+
+    REPA's target (``dinov2-vit-{s,b,l,g}``: torch hub ``dinov2_vit*14``, ``x_norm_patchtokens``)
+    is ``registers=False, final_norm_affine=True, resample_positions=True``: the same patch
+    tokens, with the 37x37 position table resampled once to the input grid as REPA does.
     """
 
     def __init__(self, variant: str = "base", registers: bool = True, input_size: int = 224,
-                 weights: str | None = PUBLISHED, final_norm_affine: bool = False) -> None:
+                 weights: str | None = PUBLISHED, final_norm_affine: bool = False,
+                 resample_positions: bool = False) -> None:
         check_variant("dinov2", variant, VARIANTS)
         hub_id = f"facebook/dinov2-{'with-registers-' if registers else ''}{variant}"
         weights, arch = resolve(weights, hub_id)
@@ -34,9 +39,9 @@ class DINOv2(TransformersEncoder):
             prefix = 1
         super().__init__(model_class, config, arch, name="dinov2", hub_id=hub_id, weights=weights,
                          input_size=input_size, num_prefix_tokens=prefix, final_norm="layernorm",
-                         final_norm_affine=final_norm_affine)
+                         final_norm_affine=final_norm_affine, resample_positions=resample_positions)
 
     def hidden(self, pixels: torch.Tensor) -> torch.Tensor:
-        # [CLS, registers..., patches] after the final layer norm; the position embeddings are
-        # interpolated (bicubic, antialiased) from the 37x37 training grid to input_size.
+        # [CLS, registers..., patches] after the final layer norm; unless resampled at load, the
+        # position embeddings are interpolated (bicubic) from the 37x37 training grid to input_size.
         return self.model(pixel_values=pixels).last_hidden_state

@@ -1,10 +1,12 @@
 """Encoders built on transformers models: architecture from a config now, weights later.
 
 Architectures come from ``configs/<hub name>.json``, shipped with the package: each holds the
-released checkpoint's hub id, its published ``config.json`` (``model``; for SigLIP2 the vision
-tower's part) and its image processor's ``image_mean`` / ``image_std``. When ``weights`` is a
+released checkpoint's hub id, its published ``config.json`` (``model``; for SigLIP2 and CLIP
+the vision tower's part) and its image processor's ``image_mean`` / ``image_std`` (for REPA's
+targets, the normalisation REPA applies; `fixed_normalisation`). When ``weights`` is a
 local ``save_pretrained`` folder, that folder's own config.json defines the architecture
 instead. Either way construction never touches the network; ``load_pretrained`` does.
+(``mocov3_vit*.json`` hold timm ``VisionTransformer`` arguments instead: MoCo v3 has no hub id.)
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -82,6 +85,23 @@ def resolve(weights: str | None, hub_id: str) -> tuple[str | None, Architecture]
     return weights, shipped
 
 
+def fixed_normalisation(arch: Architecture, shipped: Architecture) -> Architecture:
+    """``arch`` with the shipped pixel mean/std, whatever a local folder's preprocessor says.
+
+    For encoders whose normalisation is a fact of the method that uses them (REPA's
+    ``preprocess_raw_image``), not of the checkpoint's image processor.
+    """
+    return replace(arch, image_mean=shipped.image_mean, image_std=shipped.image_std)
+
+
+def vision_part(arch: Architecture, full_type: str, tower_type: str, hint: str = "") -> Architecture:
+    """The vision tower's config of a two-tower model: a full config.json keeps it in ``vision_config``."""
+    if arch.config.get("model_type") == full_type:
+        return replace(arch, config=arch.config["vision_config"])
+    check_model_type(arch, tower_type, f" (or a full '{full_type}' config{hint})")
+    return arch
+
+
 def check_variant(family: str, variant: str, variants: tuple[str, ...]) -> None:
     """Refuse a size that has no shipped architecture, listing the ones that do."""
     if variant not in variants:
@@ -132,18 +152,35 @@ class TransformersEncoder(Encoder):
     `PUBLISHED`, the variant's released id) and ``final_norm_affine``.
 
     Tokens are ``hidden(pixels)[:, num_prefix_tokens:]``: the final hidden states after the
-    model's final layer norm, which RAE uses without its affine (``final_norm_affine=False``,
-    the norm is replaced by a parameter-free one). Parameters named in ``dropped`` (and the
-    removed norm's) are expected in released checkpoints and ignored when loading.
+    model's final layer norm (the module named ``final_norm``), which RAE uses without its
+    affine (``final_norm_affine=False``, the norm is replaced by a parameter-free one);
+    ``skip_final_norm=True`` replaces it by the identity instead (REPA's MAE target takes the
+    last block's output). Parameters named in ``dropped`` (and the removed norm's) are
+    expected in released checkpoints and ignored when loading.
+
+    Position embeddings for an ``input_size`` other than the checkpoint's: by default the
+    model interpolates its table at every forward (transformers' bicubic, as RAE runs it).
+    ``resample_positions=True`` builds the model for ``input_size`` and resamples the
+    checkpoint's table once, when loading, with ``timm.layers.resample_abs_pos_embed``
+    (bicubic, antialiased): what REPA's ``load_encoders`` does to DINOv2, MAE and DINO.
     """
+
+    position_table = "embeddings.position_embeddings"
 
     def __init__(self, model_class: type[PreTrainedModel], config: PretrainedConfig, arch: Architecture, *,
                  name: str, hub_id: str, weights: str | None, input_size: int, num_prefix_tokens: int,
-                 final_norm: str, final_norm_affine: bool, dropped: tuple[str, ...] = ()) -> None:
+                 final_norm: str, final_norm_affine: bool, dropped: tuple[str, ...] = (),
+                 skip_final_norm: bool = False, resample_positions: bool = False,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if input_size <= 0 or input_size % config.patch_size:
             raise ValueError(f"{name}: input_size {input_size} must be a positive multiple of the patch "
                              f"size {config.patch_size} (e.g. {16 * config.patch_size})")
+        if skip_final_norm and final_norm_affine:
+            raise ValueError(f"{name}: skip_final_norm=True takes the tokens before the final norm, so "
+                             "final_norm_affine=True has nothing to apply to; set one of them")
+        if resample_positions:
+            config.image_size = input_size  # the built table has the input grid; `adopt` resamples into it
         self.name = name
         self.hub_id = hub_id
         self.weights = weights
@@ -154,8 +191,12 @@ class TransformersEncoder(Encoder):
         self.pixel_std = arch.image_std
         self.num_prefix_tokens = num_prefix_tokens
         self.dropped = dropped
-        self.model = model_class(config)
-        if not final_norm_affine:
+        self.resample_positions = resample_positions
+        self.model = model_class(config, **(model_kwargs or {}))
+        if skip_final_norm:
+            setattr(self.model, final_norm, nn.Identity())
+            self.dropped = (*dropped, f"{final_norm}.")
+        elif not final_norm_affine:
             setattr(self.model, final_norm,
                     nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False))
             self.dropped = (*dropped, f"{final_norm}.")
@@ -196,6 +237,8 @@ class TransformersEncoder(Encoder):
 
     def adopt(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Copy a released state dict in; anything missing, unexpected or misshapen is an error."""
+        if self.resample_positions:
+            state = {**state, self.position_table: self.resampled_positions(state, source)}
         try:
             result = self.model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
@@ -204,3 +247,14 @@ class TransformersEncoder(Encoder):
         if result.missing_keys or unexpected:
             raise ValueError(f"weights from {source} do not fit {self.name}: missing {result.missing_keys[:5]}, "
                              f"unexpected {unexpected[:5]} (is it a checkpoint of this model family?)")
+
+    def resampled_positions(self, state: dict[str, torch.Tensor], source: str) -> torch.Tensor:
+        """The checkpoint's position table resampled to this model's grid, prefix rows kept (as REPA)."""
+        ours = self.model.get_parameter(self.position_table)
+        prefix = ours.shape[1] - self.token_grid[0] * self.token_grid[1]
+        table = state.get(self.position_table)
+        if table is None or table.ndim != 3 or table.shape[1] <= prefix:
+            raise ValueError(f"weights from {source} have no position table '{self.position_table}' of shape "
+                             f"(1, {prefix} + h*w, {self.hidden_size}) for {self.name}")
+        resampled = resample_abs_pos_embed(table.float(), list(self.token_grid), num_prefix_tokens=prefix)
+        return resampled.to(table.dtype)

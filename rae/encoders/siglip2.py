@@ -4,14 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from rae.encoders.hf import (
-    PUBLISHED,
-    Architecture,
-    TransformersEncoder,
-    check_model_type,
-    check_variant,
-    resolve,
-)
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_variant, resolve, vision_part
 from rae.registry import ENCODERS
 
 VARIANTS = ("base", "large", "so400m")
@@ -33,7 +26,9 @@ class SigLIP2(TransformersEncoder):
         check_variant("siglip2", variant, VARIANTS)
         hub_id = f"google/siglip2-{variant}-patch16-256"
         weights, arch = resolve(weights, hub_id)
-        config = SiglipVisionConfig.from_dict(_vision_part(arch).config)
+        # A full SigLIP config.json (model_type siglip) holds the tower's config in vision_config.
+        config = SiglipVisionConfig.from_dict(vision_part(
+            arch, "siglip", "siglip_vision_model", "; NaFlex 'siglip2' checkpoints are not supported").config)
         config.vision_use_head = False
         super().__init__(SiglipVisionModel, config, arch, name="siglip2",
                          hub_id=hub_id, weights=weights, input_size=input_size, num_prefix_tokens=0,
@@ -43,11 +38,3 @@ class SigLIP2(TransformersEncoder):
         # As RAE: position embeddings interpolated when input_size differs from the training size.
         return self.model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
 
-
-def _vision_part(arch: Architecture) -> Architecture:
-    """A full SigLIP config.json (``model_type`` siglip) holds the tower's config in ``vision_config``."""
-    if arch.config.get("model_type") == "siglip":
-        return Architecture(arch.config["vision_config"], arch.image_mean, arch.image_std, arch.origin)
-    check_model_type(arch, "siglip_vision_model",
-                     " (or a full 'siglip' config; NaFlex 'siglip2' checkpoints are not supported)")
-    return arch

@@ -18,32 +18,31 @@ from rae.nn.init import is_meta
 from rae.registry import LOSSES
 from rae.repa.alignment import grid_side, negative_cosine, resize_token_grid
 from rae.repa.projector import Projectors
+from rae.repa.targets import target_encoders
 
 
 @LOSSES.register("repa")
 class REPALoss(nn.Module):
     """proj_coeff * mean over targets of -cos(projector_i(tokens), encoder_i(images)) (REPA).
 
-    ``encoders``: the frozen target encoders (DINOv2-B by default in REPA); each resizes the
-    images to its own ``input_size``. ``hidden_size``: the backbone's token width at
-    ``encoder_depth``. The projectors are the only trainable parameters here.
+    ``encoders``: the frozen target encoders (DINOv2-B by default in REPA), or REPA's
+    ``--enc-type`` string (``"dinov2-vit-b,clip-vit-L"``, built for ``resolution``-px images by
+    `rae.repa.targets.repa_encoders`); each resizes the images to its own ``input_size``.
+    One projector per target. ``hidden_size``: the backbone's token width at ``encoder_depth``.
+    The projectors are the only trainable parameters here.
     """
 
     def __init__(
         self,
-        encoders: Encoder | Sequence[Encoder],
+        encoders: Encoder | Sequence[Encoder] | str,
         hidden_size: int,
         encoder_depth: int = 8,
         proj_coeff: float = 0.5,
         projector_dim: int = 2048,
+        resolution: int = 256,
     ) -> None:
         super().__init__()
-        encoders = [encoders] if isinstance(encoders, Encoder) else list(encoders)
-        wrong = [type(e).__name__ for e in encoders if not isinstance(e, Encoder)]
-        if not encoders or wrong:
-            raise TypeError(
-                f"repa.encoders must be one or more rae Encoders (e.g. @encoder.dinov2()), got {wrong or 'none'}"
-            )
+        encoders = target_encoders(encoders, resolution)
         if encoder_depth < 1:
             raise ValueError(f"repa.encoder_depth counts backbone blocks from 1, got {encoder_depth}")
         if proj_coeff < 0:
