@@ -170,6 +170,9 @@ class Stage1(Experiment):
         saved as ``decoder_ema.pt`` (loadable by ``rae.decoder_path``).
       num_workers, log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: as stage2.
       grid_every: steps between reconstruction grids (0: none); grid_size: images in a grid.
+
+    Logged besides the losses: ``lr`` (the decoder's, after the step's scheduler step, as the release
+    logs it), ``disc_lr`` (the lr the step's D update used), D's mean logits and gradient norms.
     """
 
     kind = "stage1"
