@@ -120,6 +120,22 @@ def test_discriminator_taps_the_final_and_key_block_tokens(disc):
         torch.testing.assert_close(token_map, after[tap], atol=1e-5, rtol=1e-4)
 
 
+def test_discriminator_trunk_uses_the_tanh_gelu_as_released(disc):
+    assert all(type(block.mlp.act) is torch.nn.GELU and block.mlp.act.approximate == "tanh"
+               for block in disc.backbone.blocks)
+    x = torch.randn(64)
+    torch.testing.assert_close(disc.backbone.blocks[0].mlp.act(x), F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    exact = DinoDiscriminator(input_size=32, gelu="none")
+    exact.load_state_dict(disc.state_dict())
+    assert all(block.mlp.act.approximate == "none" for block in exact.backbone.blocks)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tanh_maps, exact_maps = disc.token_maps(images), exact.token_maps(images)
+    assert all(not torch.allclose(a, b, atol=1e-6) for a, b in zip(tanh_maps, exact_maps))
+    with pytest.raises(ValueError, match="dino_disc.gelu must be one of"):
+        DinoDiscriminator(input_size=32, gelu="exact")
+
+
 def test_discriminator_refuses_without_weights_and_loads_a_local_file(disc, tmp_path, caplog):
     with pytest.raises(WeightsNotFound, match="DINO discriminator backbone: tried .*dino_deitsmall8_pretrain.pth"):
         disc.load_pretrained(allow_random=False, log=LOG)
@@ -217,8 +233,18 @@ def test_gan_losses_against_hand_computations():
     expected = 0.5 * (sum(soft(-r) for r in [2, 0.5, -1, 1]) / 4 + sum(soft(f) for f in [-2, 0, 0.5, -0.5]) / 4)
     assert vanilla_d_loss(real, fake).item() == pytest.approx(expected)
     assert vanilla_g_loss(fake).item() == pytest.approx(0.5)
+    # 0.1 is one of the rare inputs where float rounding decides: RAE's arithmetic gives level 25
     assert torch.equal(quantize_8bit(torch.tensor([-0.2, 0.5, 1.3, 0.1])),
-                       torch.tensor([0.0, 128 / 255, 1.0, 26 / 255]))
+                       torch.tensor([0.0, 128 / 255, 1.0, 25 / 255]))
+
+
+def test_quantize_8bit_rounds_to_the_releases_levels():
+    x = torch.cat([torch.rand(100_000) * 1.2 - 0.1, torch.tensor([100.6 / 255, 100.4 / 255, 0.1])])
+    release = torch.round(((x * 2.0 - 1.0).clamp(-1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0  # RAE, on [-1, 1]
+    levels = quantize_8bit(x) * 255.0
+    assert torch.equal(levels, levels.round()) and levels.min() == 0 and levels.max() == 255
+    assert torch.equal(levels.round(), ((release + 1.0) * 127.5).round())
+    assert levels[-3:].tolist() == [101.0, 100.0, 25.0]  # rounded, not truncated
 
 
 def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():

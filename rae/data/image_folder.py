@@ -1,9 +1,10 @@
-"""An ImageNet-style folder tree (``root/<class>/<image>``) with ADM's center crop."""
+"""An ImageNet-style folder tree (``root/<class>/<image>``) with ADM's center crop (or another crop)."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -69,18 +70,23 @@ def find_images(root: Path) -> tuple[list[str], list[str], list[int]]:
 class ImageFolder(torch.utils.data.Dataset):
     """Class-labelled images from ``root/<class>/...``, center-cropped to ``resolution``.
 
+    ``crop`` (image, resolution) -> ``resolution`` square replaces ADM's center crop, e.g.
+    ``@dataset.resize_random_crop()`` (RAE stage 1's training data).
+
     An unreadable image is never fatal: it is logged once, marked, and the next readable
     image stands in for it. ``skipped`` counts the distinct unreadable files found so far,
     across DataLoader workers (the marks live in shared memory). The folder is scanned on
     first use, not when the dataset is built, so a ``--dry_run`` needs no data on disk.
     """
 
-    def __init__(self, root: str, resolution: int = 256, random_flip: bool = False) -> None:
+    def __init__(self, root: str, resolution: int = 256, random_flip: bool = False,
+                 crop: Callable[[Image.Image, int], Image.Image] | None = None) -> None:
         if resolution <= 0:
             raise ValueError(f"image_folder: resolution must be positive, got {resolution}")
         self.root = Path(root).expanduser()
         self.resolution = resolution
         self.random_flip = random_flip
+        self.crop = center_crop if crop is None else crop
         self._index: tuple[list[str], np.ndarray, np.ndarray, torch.Tensor] | None = None
 
     def _scanned(self) -> tuple[list[str], np.ndarray, np.ndarray, torch.Tensor]:
@@ -144,7 +150,7 @@ class ImageFolder(torch.utils.data.Dataset):
         path = self.path(i)
         try:
             with Image.open(path) as image:
-                return center_crop(to_rgb(image), self.resolution)
+                return self.crop(to_rgb(image), self.resolution)
         except _UNREADABLE as exc:
             self._unreadable[i] = True
             log.warning("image_folder: skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)

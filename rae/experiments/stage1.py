@@ -4,24 +4,40 @@ One optimiser step over this rank's share of the global batch:
   1. images -> clean latents (frozen encoder, no gradient), then the training noise of the
      autoencoder (``noise_tau``) and every DiffAugment draw, all drawn once for the whole global
      batch from a generator seeded by (seed, step) (`rae.train.draws`), each rank keeping its rows;
-  2. G: per micro-batch, recon = decoder(latents); L1 + lpips_weight * LPIPS backpropagates into
-     ``.grad``; the generator loss -E[D(diffaug(recon))] goes into a separate gradient buffer;
+  2. G: per micro-batch, recon = decoder(noised latents); L1 + lpips_weight * LPIPS backpropagates
+     into ``.grad``; the generator loss -E[D(diffaug(recon))] goes into a separate gradient buffer;
   3. adaptive weight = ||grad rec|| / ||grad gan|| at ``decoder.last_layer`` from the whole batch's
      gradients (all ranks), clamped to [0, cap]; grad += weight * disc_weight * gan grad; AdamW, EMA;
-  4. D: hinge loss on diffaug(images) vs diffaug(quantize_8bit(recon)) of the same step's detached
-     reconstructions, per micro-batch; the heads' own AdamW.
+  4. D (from ``disc_start_epoch``), as RAE's ``src/train_stage1.py``: fresh reconstructions by the
+     UPDATED decoder in eval mode from the CLEAN latents (eval mode: no noise augmentation), without
+     gradient, clamped and rounded to 8 bits (`quantize_8bit`); hinge loss on diffaug(images) vs
+     diffaug(fakes); the heads' own AdamW, whose schedule is stepped only on D updates (so D's
+     warmup and decay start when D does, as the release steps its D scheduler).
+
+D's spectral norm: the release runs D on the fakes, then on the reals, as two forwards with the
+heads in train mode, and each forward runs one power iteration of every head convolution, so the
+fake logits use the weights after one iteration and the real logits after two. Here the D loss,
+a sum of a fake term and a real term (`DiscLossTerms`), is computed in two passes the same way:
+one iteration, every micro-batch's fakes with the heads in eval mode (u, v fixed), a second
+iteration, every micro-batch's reals. That is the release's numbers for one batch, and the same
+for any split into micro-batches (the release, iterating on every forward, would differ by split).
+The count of iterations barely moves D's outputs (every head convolution but the last feeds a
+per-sample normalisation, which cancels the scale 1/sigma up to its eps, and the last one is
+1 x C, whose sigma one iteration finds exactly) but it sets the u, v that checkpoints hold. By
+the same argument the spectral norm's start (the release's older hook draws random u, v; torch's
+parametrization here runs 15 iterations when built) only matters to a G step that comes before
+D's first update, which the paper's schedule (D from epoch 6, G's GAN loss from 8) never has.
 
 Batch equivalence (any split into micro-batches or ranks): random draws happen per global batch,
 losses are means weighted by share, the adaptive weight uses gradients summed over micro-batches
-and averaged over ranks (the reference computes it per micro-batch and per rank), and the heads'
-spectral norm does one power iteration per D step with the heads in eval mode otherwise (the
-reference iterates on every discriminator forward, so its discriminator depends on how the batch
-is split).
+and averaged over ranks (the reference computes it per micro-batch and per rank), and D's
+gradients are averaged over ranks (the release's D step calls the discriminator module, not its
+DDP wrapper, so its D gradients are not averaged over ranks).
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -37,7 +53,7 @@ from rae.experiments.base import Experiment, RunContext, check_training, count_p
 from rae.experiments.stage2 import _check_either, _pick
 from rae.losses.diffaug import DiffAugment, color, cutout, translate
 from rae.losses.discriminator import DinoDiscriminator
-from rae.losses.gan import hinge_d_loss, quantize_8bit, vanilla_d_loss, vanilla_g_loss
+from rae.losses.gan import D_LOSS_TERMS, DiscLossTerms, quantize_8bit, vanilla_g_loss
 from rae.losses.perceptual import LPIPS
 from rae.registry import EXPERIMENTS
 from rae.tracking.tracker import Tracker
@@ -51,7 +67,8 @@ from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, spl
 from rae.weights import load_pretrained_weights
 
 EMA_FILE = "decoder_ema.pt"
-DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
+Augment = Callable[[torch.Tensor, int], torch.Tensor]  # (images, their first index in the batch) -> augmented
+D_METRICS = ("loss/disc", "disc/logits_fake", "disc/logits_real", "disc_grad_norm")  # zeros before D starts
 ADAPTIVE_EPS = 1e-6  # as rae.losses.adaptive_weight
 
 
@@ -97,7 +114,8 @@ def all_reduce_mean(tensors: list[torch.Tensor], acc: Accelerator) -> None:
 
 
 def power_iteration(heads: nn.Module) -> None:
-    """One spectral-norm power iteration of every head convolution, then eval mode (u, v fixed)."""
+    """One spectral-norm power iteration of every head convolution, then eval mode (u, v fixed):
+    what one forward of the heads in train mode does to them before using the weights."""
     heads.train()
     with torch.no_grad():
         for module in heads.modules():
@@ -146,11 +164,15 @@ class Stage1(Experiment):
         ``adaptive_weight_cap``: clamp of the adaptive weight; D updates from ``disc_start_epoch``.
       batch_size: global batch; micro_batch_size: per forward pass.
       total_steps / total_epochs, warmup_*, decay_end_*, lr_schedule, final_lr, lr, betas,
-        weight_decay, adam_eps: AdamW and its schedule, shared by the decoder and the heads.
+        weight_decay, adam_eps: AdamW and its schedule, the same for the decoder and the heads; the
+        heads' schedule counts D updates (step 0 at ``disc_start_epoch``), the decoder's every step.
       grad_clip: max gradient norm of each optimiser (None: no clipping). ema_decay: EMA of the decoder,
         saved as ``decoder_ema.pt`` (loadable by ``rae.decoder_path``).
       num_workers, log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: as stage2.
       grid_every: steps between reconstruction grids (0: none); grid_size: images in a grid.
+
+    Logged besides the losses: ``lr`` (the decoder's, after the step's scheduler step, as the release
+    logs it), ``disc_lr`` (the lr the step's D update used), D's mean logits and gradient norms.
     """
 
     kind = "stage1"
@@ -193,8 +215,8 @@ class Stage1(Experiment):
         grid_every: int = 5000,
         grid_size: int = 8,
     ) -> None:
-        if disc_loss not in DISC_LOSSES:
-            raise ValueError(f"stage1.disc_loss must be one of {sorted(DISC_LOSSES)}, got {disc_loss!r}")
+        if disc_loss not in D_LOSS_TERMS:
+            raise ValueError(f"stage1.disc_loss must be one of {sorted(D_LOSS_TERMS)}, got {disc_loss!r}")
         if lpips_weight > 0 and lpips is None:
             raise ValueError(f"stage1.lpips_weight is {lpips_weight}: give stage1.lpips = @loss.lpips() (or weight 0)")
         if discriminator is not None and diffaug is None:
@@ -211,7 +233,7 @@ class Stage1(Experiment):
         self.lpips = lpips
         self.discriminator = discriminator
         self.diffaug = diffaug
-        self.disc_loss = DISC_LOSSES[disc_loss]
+        self.disc_loss: DiscLossTerms = D_LOSS_TERMS[disc_loss]
         self.lpips_weight = lpips_weight
         self.disc_weight = disc_weight
         self.adaptive_weight_cap = adaptive_weight_cap
@@ -321,7 +343,7 @@ class Stage1(Experiment):
         if disc is not None:
             d_optimizer = make_adamw(disc.heads.requires_grad_(True).parameters(), self.lr, self.betas,
                                      self.weight_decay, self.adam_eps)
-            d_scheduler = make_scheduler(d_optimizer, *schedule)
+            d_scheduler = make_scheduler(d_optimizer, *schedule)  # stepped on D updates only
             disc.requires_grad_(False)  # on only inside the D step
             state |= {"disc_heads": disc.heads, "disc_optimizer": d_optimizer, "disc_scheduler": d_scheduler}
         starts = {name: round(epoch * per_epoch) for name, epoch in self.starts.items()}
@@ -341,14 +363,13 @@ class Stage1(Experiment):
             use_disc = disc is not None and step >= starts["disc"]
             x, _ = to_device(next(stream), acc.device)
             draws = StepDraws(ctx.seed, step + 1, acc, self.batch_size)
-            z = self._noised_latents(ae, x, acc, draws)
+            clean, z = self._latents(ae, x, acc, draws)
             augments = [BatchAugment(self.diffaug, draws) for _ in range(3)] if disc else []
             index = torch.arange(per_rank)  # on the host: a micro-batch's start is read without a device sync
             micro = split_batch((z, x, index), self.micro_batch_size)
             gan_grads = [torch.zeros_like(p) for p in params] if use_gan else None
-            recons: list[torch.Tensor] = []
             g_fn = lambda mb: self._g_loss(mb, ae, lpips if use_lpips else None, disc if use_gan else None,  # noqa: E731
-                                           augments[:1], gan_grads, params, per_rank, recons)
+                                           augments[:1], gan_grads, params, per_rank)
             metrics = accumulate_gradients(g_fn, micro, acc, ddp_module=ddp, step=session.step + 1)
             metrics["adaptive_weight"] = self._add_gan_gradient(params, gan_grads, decoder.last_layer, acc)
             metrics["loss"] = metrics["loss"] + metrics["adaptive_weight"] * self.disc_weight * metrics["loss/gan_g"]
@@ -356,15 +377,16 @@ class Stage1(Experiment):
             scheduler.step()
             ema.update(decoder)
             acc.mark_step()
-            if disc is not None:
-                metrics |= self._d_step(disc, d_optimizer, split_batch((x, torch.cat(recons), index),
-                                                                       self.micro_batch_size),
-                                        augments[1:], acc, use_disc)
-                with warnings.catch_warnings():  # stepped before D's first update, to keep the shared schedule
-                    warnings.simplefilter("ignore", UserWarning)
-                    d_scheduler.step()
-            session.end_step(metrics, images=self.batch_size,
-                             scalars={"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(self.dataset)})
+            scalars = {"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(self.dataset)}
+            if use_disc:
+                fakes = self._fresh_fakes(ae, decoder, clean, acc)
+                metrics |= discriminator_step(disc, d_optimizer, fakes, x, (augments[1], augments[2]),
+                                              self.disc_loss, self.micro_batch_size, self.grad_clip, acc)
+                scalars["disc_lr"] = d_scheduler.get_last_lr()[0]  # the lr of this D update
+                d_scheduler.step()
+            elif disc is not None:
+                metrics |= {key: torch.zeros((), device=acc.device) for key in D_METRICS}
+            session.end_step(metrics, images=self.batch_size, scalars=scalars)
             if grid is not None and (session.step % self.grid_every == 0 or session.done):
                 grid.log(ae, ema.model, acc, ctx.tracker, session.step)
 
@@ -376,22 +398,33 @@ class Stage1(Experiment):
         return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
 
     @torch.no_grad()
-    def _noised_latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator, draws: StepDraws) -> torch.Tensor:
-        """Images -> normalised float32 latents with the training noise, drawn for the whole global batch."""
+    def _latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator,
+                 draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> normalised float32 latents, clean (for D's fakes) and with the training noise
+        (for G), the noise drawn for the whole global batch."""
         chunks = images.split(self.micro_batch_size or images.shape[0])
         with acc.autocast():
             z = torch.cat([tokens_to_latent(ae.encoder(c), ae.encoder.token_grid).float() for c in chunks])
-        if ae.noise_tau > 0:
-            z = ae.noised(z, draws.rand(*([1] * (z.dim() - 1))), draws.randn(*z.shape[1:]))
-        return ae.normalize(z)
+        noised = ae.noised(z, draws.rand(*([1] * (z.dim() - 1))), draws.randn(*z.shape[1:])) if ae.noise_tau > 0 else z
+        return ae.normalize(z), ae.normalize(noised)
+
+    @torch.no_grad()
+    def _fresh_fakes(self, ae: RAE, decoder: nn.Module, clean: torch.Tensor, acc: Accelerator) -> torch.Tensor:
+        """D's fakes as the release makes them after the G step: the updated decoder in eval mode on the
+        clean latents, no gradient, in float32, clamped to [0, 1] and rounded to 8 bits."""
+        decoder.eval()
+        with acc.autocast():
+            recon = torch.cat([ae.decode(z, decoder).float()
+                               for z in clean.split(self.micro_batch_size or clean.shape[0])])
+        decoder.train()
+        return quantize_8bit(recon)
 
     def _g_loss(self, mb: MicroBatch, ae: RAE, lpips: LPIPS | None, disc: DinoDiscriminator | None,
                 augments: list[BatchAugment], gan_grads: list[torch.Tensor] | None, params: list[nn.Parameter],
-                per_rank: int, recons: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                per_rank: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A micro-batch's reconstruction loss (returned for backward); its GAN gradient goes to ``gan_grads``."""
         z, x, index = mb
         recon = ae.decode(z, self._step_decoder)
-        recons.append(recon.detach())
         l1 = (recon.float() - x).abs().mean()
         zero = l1.new_zeros(())
         perceptual = lpips(recon.float(), x).mean() if lpips is not None else zero
@@ -418,27 +451,38 @@ class Stage1(Experiment):
             p.grad.add_(grad * (weight * self.disc_weight))
         return weight
 
-    def _d_step(self, disc: DinoDiscriminator, optimizer: torch.optim.Optimizer, micro: list[MicroBatch],
-                augments: list[BatchAugment], acc: Accelerator, active: bool) -> dict[str, torch.Tensor]:
-        """One update of the heads on the step's images vs its 8-bit reconstructions (zeros while inactive)."""
-        device = micro[0][0].device
-        if not active:
-            return {"loss/disc": torch.zeros((), device=device), "disc_grad_norm": torch.zeros((), device=device)}
+
+def discriminator_step(disc: DinoDiscriminator, optimizer: torch.optim.Optimizer, fakes: torch.Tensor,
+                       reals: torch.Tensor, augments: tuple[Augment, Augment], loss: DiscLossTerms,
+                       micro_batch_size: int | None, grad_clip: float | None,
+                       acc: Accelerator) -> dict[str, torch.Tensor]:
+    """One update of D's heads on this rank's ``reals`` vs ``fakes`` (``augments``: the reals', the fakes';
+    each called as ``augment(images, start)`` with the images' first index in the batch).
+
+    As the release's ``discriminator(fake, real)`` with the heads in train mode: a power iteration,
+    D on the fakes, a second power iteration, D on the reals (see the module doc); each pass over
+    all micro-batches, its loss term weighted by share; gradients averaged over ranks.
+    """
+    disc.requires_grad_(True)
+    index = torch.arange(reals.shape[0])  # on the host: a micro-batch's start is read without a device sync
+    metrics: dict[str, torch.Tensor] = {}
+    passes = (("fake", fakes, augments[1], loss.fake), ("real", reals, augments[0], loss.real))
+    for side, images, augment, term in passes:
         power_iteration(disc.heads)
-        disc.requires_grad_(True)
-        real_aug, fake_aug = augments
+        part = accumulate_gradients(functools.partial(_d_term, disc, augment, term, side),
+                                    split_batch((images, index), micro_batch_size), acc)
+        metrics["loss/disc"] = metrics.get("loss/disc", 0.0) + part.pop("loss")
+        metrics |= part
+    heads = [p for p in disc.heads.parameters() if p.grad is not None]
+    all_reduce_mean([p.grad for p in heads], acc)
+    metrics["disc_grad_norm"] = optimizer_step(optimizer, heads, grad_clip)
+    disc.requires_grad_(False)
+    return metrics
 
-        def d_loss(mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            x, recon, index = mb
-            start = int(index[0])
-            loss = self.disc_loss(disc(real_aug(x, start)), disc(fake_aug(quantize_8bit(recon), start)))
-            return loss, {"loss/disc": loss.detach().float()}
 
-        metrics = accumulate_gradients(d_loss, micro, acc)
-        del metrics["loss"]
-        heads = [p for p in disc.heads.parameters() if p.grad is not None]
-        all_reduce_mean([p.grad for p in heads], acc)
-        metrics["disc_grad_norm"] = optimizer_step(optimizer, heads, self.grad_clip)
-        disc.requires_grad_(False)
-        return metrics
-
+def _d_term(disc: DinoDiscriminator, augment: Augment, term: Callable[[torch.Tensor], torch.Tensor],
+            side: str, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One side's D loss term on a micro-batch (images, their indices in the batch), and its mean logit."""
+    images, index = mb
+    logits = disc(augment(images, int(index[0])))
+    return term(logits), {f"disc/logits_{side}": logits.detach().float().mean()}

@@ -4,12 +4,14 @@ Facts from RAE's ``disc/dinodisc.py``: images are resized (bilinear) to 224 and 
 ImageNet statistics; the token maps (cls dropped, before the final norm) after blocks 2, 5, 8, 11
 and after the last block each get a head; the logits of all heads are concatenated per image.
 With the default taps the last block's map feeds two heads (the release's layout, kept so its
-head count and capacity match). Two release details are not copied: its private ViT uses the
-tanh GELU although DINO was trained with the exact one (timm's model here is DINO's), and it
-zeroes the key biases, which softmax ignores anyway.
+head count and capacity match). The release's private ViT uses the tanh-approximated GELU
+although DINO was trained with the exact one; ``gelu = "tanh"`` (the default) matches the release,
+whose numbers were made with it, and ``"none"`` gives the exact GELU DINO was trained with. The
+release also zeroes the key biases, not copied here: softmax ignores them anyway.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +32,8 @@ from rae.weights import (
     read_state_dict,
 )
 
+GELU_APPROXIMATIONS = ("tanh", "none")  # nn.GELU's ``approximate``: RAE's release, DINO's training
+
 
 @LOSSES.register("dino_disc")
 class DinoDiscriminator(nn.Module, Pretrained):
@@ -37,6 +41,7 @@ class DinoDiscriminator(nn.Module, Pretrained):
 
     ``weights``: a local ``.safetensors`` / ``.pth`` file of the backbone; without one the timm
     (Hugging Face) cache and the torch hub cache are searched. Optimise ``disc.heads.parameters()``.
+    ``gelu``: the backbone MLPs' GELU approximation, "tanh" as RAE's release or "none" (exact, as DINO).
     """
 
     def __init__(
@@ -48,11 +53,15 @@ class DinoDiscriminator(nn.Module, Pretrained):
         kernel_size: int = 9,
         norm_eps: float = 1e-6,
         spectral_norm: bool = True,
+        gelu: str = "tanh",
     ) -> None:
         super().__init__()
+        if gelu not in GELU_APPROXIMATIONS:
+            raise ValueError(f"dino_disc.gelu must be one of {GELU_APPROXIMATIONS}, got {gelu!r}")
         self.weights = weights
         self.input_size = input_size
-        self.backbone = timm.create_model(model, pretrained=False, num_classes=0, img_size=input_size)
+        self.backbone = timm.create_model(model, pretrained=False, num_classes=0, img_size=input_size,
+                                          act_layer=functools.partial(nn.GELU, approximate=gelu))
         self.backbone.requires_grad_(False).eval()
         depth = len(self.backbone.blocks)
         if any(not 0 <= d < depth for d in key_depths):
