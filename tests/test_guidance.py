@@ -169,7 +169,7 @@ def test_autoguidance_fragment_is_the_papers_with_a_dit_dh_s_guide(clean_gin):
         main = gin.get_configurable("backbone.ditdh")()
     assert isinstance(rule, Autoguidance)
     assert (rule.scale, rule.t_min, rule.t_max, rule.checkpoint) == (1.42, 0.0, 1.0, "/ckpt/guide.pt")
-    assert sum(p.numel() for p in rule.guide.parameters()) == 196_455_764  # DiT-DH-S (PAPER_CONFIGS)
+    assert sum(p.numel() for p in rule.guide.parameters()) == 196_455_764  # DiT-DH-S (docs/paper_configs.md)
     assert sum(p.numel() for p in main.parameters()) == 838_675_796  # the main model stays XL
 
 

@@ -38,3 +38,14 @@ def test_checkpoints_load_with_weights_only():
         if "torch.load(" in line and "weights_only=True" not in line
     ]
     assert offenders == []
+
+
+def test_docs_and_configs_cite_only_files_in_the_repository():
+    """A user's clone has docs/paper_configs.md, not the team's shared notes outside the repository."""
+    outside = ("PAPER_" + "CONFIGS", "../" + "shared")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    texts = [ROOT / f for f in tracked if f.endswith((".py", ".gin", ".md", ".cfg", ".sh", ".txt"))]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in texts if p.is_file()
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if any(o in line for o in outside)]
+    assert offenders == []
+    assert (ROOT / "docs" / "paper_configs.md").is_file()

@@ -26,7 +26,7 @@ class ViTSize(NamedTuple):
     mlp: int
 
 
-# ViT-MAE decoder sizes used by RAE (PAPER_CONFIGS.md, "Decoder sizes"); `tiny` is for tests.
+# ViT-MAE decoder sizes used by RAE (docs/paper_configs.md, "RAE stage 1: decoder"); `tiny` is for tests.
 VIT_SIZES: dict[str, ViTSize] = {
     "tiny": ViTSize(hidden=48, depth=2, heads=3, mlp=96),
     "B": ViTSize(hidden=768, depth=12, heads=12, mlp=3072),
