@@ -15,6 +15,7 @@ from pathlib import Path
 from rae.weights import WeightsNotFound
 
 PREFIX = "hf://"
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class HubFileUnavailable(WeightsNotFound):
@@ -59,8 +60,9 @@ def cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+def offline() -> bool:
+    """Whether the environment asks the Hugging Face libraries to stay off the network (read at call time)."""
+    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"} for k in OFFLINE_VARS)
 
 
 def resolve(path: str | os.PathLike, what: str = "a file") -> Path:
@@ -74,8 +76,8 @@ def resolve(path: str | os.PathLike, what: str = "a file") -> Path:
     cached = try_to_load_from_cache(hub_file.repo_id, hub_file.filename, cache_dir=cache, revision=hub_file.revision)
     if isinstance(cached, str):
         return Path(cached)
-    if _offline():
-        reason = f"it is not in the hub cache {cache} and HF_HUB_OFFLINE is set"
+    if offline():
+        reason = f"it is not in the hub cache {cache} and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
     else:
         try:
             return Path(hf_hub_download(hub_file.repo_id, hub_file.filename, revision=hub_file.revision,

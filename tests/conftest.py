@@ -5,7 +5,13 @@ image-processor config carrying the pixel mean/std), so nothing downloads in a t
 """
 from __future__ import annotations
 
-import json
+import os
+
+# Nothing downloads at test time: the Hugging Face libraries read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import json  # noqa: E402
 from pathlib import Path
 
 import gin

@@ -78,3 +78,34 @@ def test_the_paper_config_dry_runs_with_the_release_settings(capsys):
     for line in ("sde.num_steps = 250", "cfg.scale = 1.8", "cfg.t_max = 0.7", "sample.labels = 'random'",
                  "sd_vae.weights = 'stabilityai/sd-vae-ft-ema'", "run.precision = 'fp32'"):
         assert line in out, line
+
+
+def test_the_golden_repa_model_through_the_sample_experiments_loading_path(tmp_path):
+    """repa_sit.pt, saved as REPA's train.py saves it, loads through `Sample.load_weights` of the REPA
+    sampling config and reproduces REPA's forward and its Euler + CFG sampler."""
+    from test_latent_cache import build
+
+    golden = torch.load(ROOT / "tests" / "fixtures" / "golden" / "repa_sit.pt", weights_only=True)
+    cfg, ref = golden["config"], golden["sampler"]
+    kwargs = ref["kwargs"]
+    torch.save({"ema": golden["state_dict"], "model": golden["state_dict"], "steps": 1,
+                "args": argparse.Namespace(encoder_depth=cfg["encoder_depth"])}, tmp_path / "last.pt")
+    sizes = ["sit.size = None", f"sit.hidden_size = {cfg['hidden_size']}", f"sit.depth = {cfg['depth']}",
+             f"sit.num_heads = {cfg['num_heads']}", f"sit.patch_size = {cfg['patch_size']}",
+             f"sit.input_size = {cfg['input_size']}", f"sit.in_channels = {cfg['in_channels']}",
+             f"sit.num_classes = {cfg['num_classes']}", f"sit.mlp_ratio = {cfg['mlp_ratio']}",
+             f"sd_vae.image_size = {cfg['input_size'] * 8}", "sd_vae.weights = None"]
+    # REPA's euler_sampler (the golden's) instead of the config's SDE: its num_steps steps are num_steps + 1 points
+    sampler = ["include 'repa/ode_euler_50.gin'", f"euler.num_steps = {kwargs['num_steps'] + 1}",
+               f"cfg.scale = {kwargs['cfg_scale']}", f"cfg.t_min = {kwargs['guidance_low']}",
+               f"cfg.t_max = {kwargs['guidance_high']}", f"sample.weights_path = '{tmp_path / 'last.pt'}'"]
+    experiment = build(ROOT / "experiments" / "sample_repa_sit_xl.gin", sizes + sampler)
+    experiment.load_weights(allow_random=True, log=logging.getLogger("test"))
+    backbone = experiment.backbone.eval()
+    x, t, y = golden["inputs"]["x"], golden["inputs"]["t"], golden["inputs"]["y"]
+    velocity = experiment.guidance.velocity_fn(backbone, to_velocity=experiment.transport.velocity,
+                                               num_classes=backbone.num_classes)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x, t, y), golden["outputs"]["x"], atol=1e-5, rtol=1e-4)
+        out = experiment.sampler.sample(velocity, ref["latents"], ref["y"], path=experiment.transport.path)
+    torch.testing.assert_close(out.double(), ref["output"], atol=1e-4, rtol=1e-4)

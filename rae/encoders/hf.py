@@ -25,13 +25,13 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from rae.encoders.base import Encoder
+from rae.hub import offline
 from rae.weights import missing_weights
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED = "published"
 """The default ``weights``: the released checkpoint of the chosen variant, by its hub id."""
 
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,6 @@ def check_variant(family: str, variant: str, variants: tuple[str, ...]) -> None:
     """Refuse a size that has no shipped architecture, listing the ones that do."""
     if variant not in variants:
         raise ValueError(f"{family}: unknown variant '{variant}' (expected one of {', '.join(variants)})")
-
-
-def offline() -> bool:
-    """Whether the environment asks the Hugging Face libraries to stay off the network."""
-    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"} for k in _OFFLINE_VARS)
 
 
 def check_model_type(arch: Architecture, expected: str, hint: str = "") -> None:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rae.encoders.hf import looks_local, offline
+from rae.encoders.hf import looks_local
+from rae.hub import offline
 from rae.registry import AUTOENCODERS
 from rae.weights import Pretrained, missing_weights
 
