@@ -51,6 +51,7 @@ RAE_CFG = "RAE configs/stage2/sampling/ImageNet256/DiTDHXL-DINOv2-B.yaml"
 RAE_AG = "RAE configs/stage2/sampling/ImageNet256/DiTDHXL-DINOv2-B_AG.yaml"
 RAE_AG512 = "RAE configs/stage2/sampling/ImageNet512/DiTDH-XL_DINOv2-B_decXL_AG.yaml"
 RAE_S1 = "RAE configs/stage1/training/DINOv2-B_decXL.yaml"
+RAE_XL512 = "RAE configs/stage2/training/ImageNet512/DiTDH-XL_DINOv2-B.yaml (input_size corrected to 32)"
 REPA_TRAIN = "REPA README train command + train.py defaults"
 REPA_GEN = "REPA README generate command + generate.py defaults"
 RELEASED_FACTS = [
@@ -100,6 +101,11 @@ RELEASED_FACTS = [
     (RAE_AG, "guidance.t-max", "1.0", "sample_ditdh_xl_ag", "GUIDANCE/autoguidance.t_max = 1.0"),
     (RAE_AG, "guidance.guidance_model.ckpt", "DiTDH-S_ep14", "sample_ditdh_xl_ag",
      f"GUIDANCE/autoguidance.checkpoint = '{HUB}/DiTs/Dinov2/wReg_base/ImageNet256/DiTDH-S_ep14/stage2_model.pt'"),
+    (RAE_XL512, "training.global_seed", "0", "ditdh_xl_512", "run.seed = 0"),
+    (RAE_XL512, "stage_1.params.encoder_input_size", "448", "ditdh_xl_512", "dinov2.input_size = 448"),
+    (RAE_XL512, "stage_2.params.input_size (corrected)", "32", "ditdh_xl_512", "latent shape: (768, 32, 32)"),
+    (RAE_XL512, "decay_start_epoch / decay_end_epoch", "40 / 800", "ditdh_xl_512", "stage2.warmup_mode = 'constant'"),
+    (RAE_XL512, "training.global_batch_size", "1024", "ditdh_xl_512", "stage2.batch_size = 1024"),
     (RAE_AG512, "guidance.scale", "1.5", "sample_ditdh_xl_512_ag", "GUIDANCE/autoguidance.scale = 1.5"),
     (RAE_AG512, "stage_2.params.input_size", "32", "sample_ditdh_xl_512_ag", "ditdh.input_size = 32"),
     (RAE_AG512, "stage_1.params.encoder_input_size", "448", "sample_ditdh_xl_512_ag", "dinov2.input_size = 448"),
