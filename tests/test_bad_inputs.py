@@ -14,6 +14,7 @@ from rae.runner import main
 from rae.train.checkpoint import UnreadableFile
 from rae.weights import read_state_dict
 from test_crash_safety import ROOT, light_stage2_gin, tiny_cache
+from test_sample_experiment import CONFIG as SAMPLE_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -160,33 +161,8 @@ def test_a_cut_off_cache_index_and_a_truncated_shard_are_named(tmp_path):
         read_index(folder)
 
 
-SAMPLE_GIN = """
-include 'decoders/vit_tiny.gin'
-include 'transport/rae_linear.gin'
-run.experiment = @experiment.sample()
-run.allow_random_weights = True
-sample.backbone = @backbone.ditdh()
-ditdh.hidden_size = 32
-ditdh.depth = 1
-ditdh.num_heads = 2
-ditdh.head_hidden_size = 32
-ditdh.head_depth = 1
-ditdh.head_num_heads = 2
-ditdh.input_size = 4
-ditdh.patch_size = 1
-ditdh.in_channels = 384
-ditdh.num_classes = 5
-sample.autoencoder = @autoencoder.rae()
-rae.encoder = @encoder.dinov2()
-dinov2.variant = "small"
-dinov2.input_size = 56
-dinov2.weights = None
-sample.transport = @loss.transport()
-sample.sampler = @sampler.euler()
-euler.num_steps = 3
-sample.guidance = @guidance.none()
-sample.num_samples = 5
-"""
+# the sample experiment's tiny config, unguided: only its weights file is under test here
+SAMPLE_GIN = SAMPLE_CONFIG + "sample.guidance = @guidance.none()\n"
 
 
 @pytest.mark.parametrize("what", ["index", "shard", "decoder", "stats", "weights_path"])
