@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,10 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from rae.accelerator import make_accelerator
+from rae.bench.cli import main as bench_main
 from rae.bench.interleave import interleave, ratios
+from rae.bench.max_batch import largest_batch, train_batch_fits
+from rae.bench.models import load_config
 from rae.bench.pairs import Shapes, agreement, parse_dims
 from rae.bench.reference import UnusableReference, load_reference
+from rae.bench.summary import summary
 from rae.bench.versus import JSON_PREFIX, ImageCounter, main, parse_sides
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_GIN = str(ROOT / "experiments" / "stage2_tiny.gin")
 
 TINY = ["--size", "32:2:2", "--head", "48:1:3", "--guide_size", "16:1:1", "--channels", "8", "--grid", "4",
         "--num_classes", "10", "--decoder", "tiny", "--decoder_patch", "4", "--batch_size", "2",
@@ -231,6 +240,10 @@ def test_side_by_side_against_a_stand_in_checkout(standin, capsys):
     assert counts["sample_ag"] == {"reference": 4 * evaluations, "ours": 2 * evaluations}
     assert set(record["fid50k_hours"]) == {"reference", "ours"}
     assert "reference/side" in out and "outputs agree" in out
+    log = standin / "versus.log"
+    log.write_text(out)
+    text = summary([log])
+    assert "reference/ours: x" in text and "target x1.5: " in text and "target x2.0: " in text
 
 
 def test_ours_alone_needs_no_checkout(capsys):
@@ -280,3 +293,68 @@ def test_against_the_real_release(clean_imports, capsys):
     record = _record(capsys.readouterr().out)
     assert all(m["agreement"] < 1e-5 for m in record["results"].values())
     assert record["results"]["sample_ag"]["network_images_per_sample"] == {"reference": 12, "ours": 6}
+
+
+# ---- tools/gpu_check.sh and its parts: the largest-batch search and the summary ----
+
+def test_largest_batch_doubles_then_bisects():
+    tried = []
+
+    def fits(n):
+        tried.append(n)
+        return n <= 100
+
+    assert largest_batch(fits, start=8, limit=4096) == 100
+    assert tried[:6] == [8, 16, 32, 64, 128, 96]  # doubling to the first failure, then bisection
+    assert largest_batch(lambda n: True, start=8, limit=20) == 20
+    assert largest_batch(lambda n: False, start=8, limit=20) == 0
+    with pytest.raises(ValueError, match="start <= limit"):
+        largest_batch(fits, start=9, limit=8)
+
+
+def test_a_batch_that_runs_out_of_memory_does_not_fit():
+    models = load_config([TINY_GIN], [])
+    acc = make_accelerator("cpu", "fp32")
+    fits, release = train_batch_fits(models.backbone, models.transport, acc)
+    assert fits(2)
+    model = models.backbone
+
+    def out_of_memory(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    hook = model.final_layer.register_forward_hook(out_of_memory)
+    assert not fits(2)
+    hook.remove()
+    release()
+    assert next(model.parameters()).is_meta
+
+
+def test_bench_max_batch_and_the_summary(tmp_path, capsys):
+    assert bench_main(["--gin", TINY_GIN, "--device", "cpu", "--what", "train", "--batch_size", "2", "--steps", "1",
+                       "--warmup", "0", "--max_batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "largest training batch per device: 4" in out and "not a measurement" in out
+    assert main([*TINY, "--sides", "ours", "--what", "sample_ag,decode,train"]) == 0
+    (tmp_path / "train.log").write_text(out)
+    (tmp_path / "versus.log").write_text(capsys.readouterr().out)
+    text = summary([tmp_path / "train.log", tmp_path / "versus.log", tmp_path / "missing.log"])
+    assert "training " in text and "img/s, MFU" in text and "largest training batch per device: 4" in text
+    assert "sample_ag (body 32x2x2" in text and "FID-50k sampling + decoding on one device, ours" in text
+    assert summary([tmp_path / "missing.log"]).endswith("no benchmark finished (no BENCH_JSON / VERSUS_JSON lines "
+                                                        "in the logs)")
+    assert bench_main(["--gin", TINY_GIN, "--batch_size", "8", "--max_batch", "4", "--device", "cpu"]) == 2
+    assert "--max_batch 4: must be 0 (off) or >= --batch_size 8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_part(standin, tmp_path):
+    out = tmp_path / "logs"
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--cpu-smoke", "--reference", str(standin),
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (out / "summary.log").read_text()
+    assert "largest training batch per device: 4" in text
+    assert "reference/ours: x" in text and "target x1.5" in text and "target x2.0" in text
+    assert "FID-50k sampling + decoding on one device, ours" in text
+    for part in ("train", "sample_ag", "versus"):
+        assert "did not finish" not in (out / f"{part}.log").read_text() and "failed" not in (out / f"{part}.log").read_text()

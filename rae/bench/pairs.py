@@ -98,7 +98,7 @@ def unzero(module: nn.Module, seed: int) -> None:
     with torch.no_grad():
         for param in module.parameters():
             if param.is_floating_point() and not param.any():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+                param.copy_(torch.randn(param.shape, generator=generator, device="cpu") * 0.02)
 
 
 def backbone_pair(ref: Reference, shapes: Shapes, body: Dims, device: torch.device,
@@ -106,22 +106,24 @@ def backbone_pair(ref: Reference, shapes: Shapes, body: Dims, device: torch.devi
     """The release's ``DiTwDDTHead`` and our ``DiTDH`` of the same size, with the same weights, on ``device``."""
     torch.manual_seed(seed)
     kwargs = shapes.reference_kwargs(body)
-    reference = ref.DiTwDDTHead(**kwargs)
-    unzero(reference, seed)
-    ours = from_reference_config("ditdh", kwargs)
+    with torch.device(device):  # built where they run: initialising an XL on the CPU takes long
+        reference = ref.DiTwDDTHead(**kwargs)
+        unzero(reference, seed)
+        ours = from_reference_config("ditdh", kwargs)
     load_release_state(ours, reference.state_dict(), source="the reference model built for the benchmark")
-    return reference.to(device), ours.to(device)
+    return reference, ours
 
 
 def decoder_pair(ref: Reference, shapes: Shapes, device: torch.device, seed: int = 0) -> tuple[nn.Module, ViTDecoder]:
     """The release's ``GeneralDecoder`` and our ``ViTDecoder`` of the same size, with the same weights."""
     torch.manual_seed(seed)
-    reference = ref.GeneralDecoder(shapes.reference_decoder_config(), num_patches=shapes.grid**2)
-    unzero(reference, seed)
-    ours = ViTDecoder(shapes.channels, (shapes.grid, shapes.grid), size=shapes.decoder,
-                      patch_size=shapes.decoder_patch)
+    with torch.device(device):
+        reference = ref.GeneralDecoder(shapes.reference_decoder_config(), num_patches=shapes.grid**2)
+        unzero(reference, seed)
+        ours = ViTDecoder(shapes.channels, (shapes.grid, shapes.grid), size=shapes.decoder,
+                          patch_size=shapes.decoder_patch)
     ours.load_state_dict(ours.import_state_dict(reference.state_dict()), strict=True)
-    return reference.to(device), ours.to(device)
+    return reference, ours
 
 
 def reference_decode(decoder: nn.Module, latent: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import sys
 import time
@@ -132,15 +133,18 @@ def _counting_first_call(step: Step, modules: Sequence[nn.Module], result: dict[
 # ---- networks of a group, one copy per side ----
 
 def _our_backbone(shapes: Shapes, body: Dims, device: torch.device) -> nn.Module:
-    net = from_reference_config("ditdh", shapes.reference_kwargs(body))
+    with torch.device(device):
+        net = from_reference_config("ditdh", shapes.reference_kwargs(body))
     unzero(net, 0)
-    return net.to(device)
+    return net
 
 
 def _our_decoder(shapes: Shapes, device: torch.device) -> nn.Module:
-    net = ViTDecoder(shapes.channels, (shapes.grid, shapes.grid), size=shapes.decoder, patch_size=shapes.decoder_patch)
+    with torch.device(device):
+        net = ViTDecoder(shapes.channels, (shapes.grid, shapes.grid), size=shapes.decoder,
+                         patch_size=shapes.decoder_patch)
     unzero(net, 0)
-    return net.to(device)
+    return net
 
 
 def _bases(plan: Plan, ref: Reference | None, kind: str, device: torch.device,
@@ -157,13 +161,24 @@ def _bases(plan: Plan, ref: Reference | None, kind: str, device: torch.device,
     return {"ours": net}, None
 
 
-def _per_side(bases: dict[str, nn.Module], sides: list[Side], train: bool) -> dict[str, nn.Module]:
-    """A private copy of its base network for every side (compiling patches a network in place)."""
+def _per_side(bases: dict[str, nn.Module], sides: list[Side], train: bool, last: bool) -> dict[str, nn.Module]:
+    """A private copy of its base network for every side (compiling patches a network in place).
+
+    In a group's ``last`` measurement the last side of each base takes the base itself, so that
+    a training step (the largest memory: gradients and AdamW state per side) holds one copy less.
+    """
     nets = {}
-    for side in sides:
-        net = copy.deepcopy(bases[side.base]).train(train)
-        nets[side.name] = net
+    for i, side in enumerate(sides):
+        reuse = last and all(s.base != side.base for s in sides[i + 1:])
+        nets[side.name] = (bases.pop(side.base) if reuse else copy.deepcopy(bases[side.base])).train(train)
     return nets
+
+
+def _free(device: torch.device) -> None:
+    """Return the memory of networks dropped between measurements."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _params(net: nn.Module) -> list[nn.Parameter]:
@@ -233,40 +248,44 @@ def _measure(what: str, steps: dict[str, Step], plan: Plan, batch: int, device: 
     return Measurement(what, batch, seconds, {k: asdict(v) for k, v in stats.items()}, ips, per_sample, agree)
 
 
+def _one(what: str, plan: Plan, ref: Reference | None, acc: Any, bases: dict[str, nn.Module],
+         guide_bases: dict[str, nn.Module], agree: float | None, last: bool,
+         profile: Callable[[str, dict[str, Step]], None] | None) -> Measurement:
+    """One measurement on its own copies of the group's networks (dropped when it returns)."""
+    device, shapes = acc.device, plan.shapes
+    training = what in ("train", "decoder")
+    nets = _per_side(bases, plan.sides, train=training, last=last)
+    if what in DECODER:
+        inputs = Inputs.make(shapes, plan.decoder_batch_size, device, pixels=True)
+        steps = (_train_steps(plan, ref, nets, inputs, acc, decoder=True) if training
+                 else _decode_steps(plan, nets, inputs, acc))
+        return _measure(what, steps, plan, plan.decoder_batch_size, device, agree=agree, profile=profile)
+    if training:
+        inputs = Inputs.make(shapes, plan.batch_size, device)
+        steps = _train_steps(plan, ref, nets, inputs, acc, decoder=False)
+        return _measure(what, steps, plan, plan.batch_size, device, agree=agree, profile=profile)
+    inputs = Inputs.make(shapes, plan.sample_batch_size, device)
+    guides = _per_side(guide_bases, plan.sides, train=False, last=False) if what == "sample_ag" else {}
+    counts: dict[str, int] = {}
+    steps = _sample_steps(what, plan, ref, nets, guides, inputs, acc, counts)
+    return _measure(what, steps, plan, plan.sample_batch_size, device, counts, agree, profile)
+
+
 def run_measurements(plan: Plan, wanted: Sequence[str], ref: Reference | None, acc: Any,
                      profile: Callable[[str, dict[str, Step]], None] | None = None) -> list[Measurement]:
-    """Build each group's networks once, then time every wanted measurement of it."""
-    device = acc.device
+    """Build each group's networks once, then time every wanted measurement of it, freeing as it goes."""
     out: list[Measurement] = []
-    shapes = plan.shapes
-    if any(w in BACKBONE for w in wanted):
-        bases, agree = _bases(plan, ref, "backbone", device, shapes.body)
-        if "sample_ag" in wanted:
-            guide_bases, _ = _bases(plan, ref, "backbone", device, shapes.guide)
-        for what in (w for w in BACKBONE if w in wanted):
-            if what == "train":
-                inputs = Inputs.make(shapes, plan.batch_size, device)
-                nets = _per_side(bases, plan.sides, train=True)
-                out.append(_measure(what, _train_steps(plan, ref, nets, inputs, acc, decoder=False), plan,
-                                    plan.batch_size, device, agree=agree, profile=profile))
-                continue
-            inputs = Inputs.make(shapes, plan.sample_batch_size, device)
-            nets = _per_side(bases, plan.sides, train=False)
-            guides = _per_side(guide_bases, plan.sides, train=False) if what == "sample_ag" else {}
-            counts: dict[str, int] = {}
-            steps = _sample_steps(what, plan, ref, nets, guides, inputs, acc, counts)
-            out.append(_measure(what, steps, plan, plan.sample_batch_size, device, counts, agree, profile))
-            del nets, guides, steps
-        del bases
-    if any(w in DECODER for w in wanted):
-        bases, agree = _bases(plan, ref, "decoder", device)
-        inputs = Inputs.make(shapes, plan.decoder_batch_size, device, pixels=True)
-        for what in (w for w in DECODER if w in wanted):
-            nets = _per_side(bases, plan.sides, train=what == "decoder")
-            steps = (_train_steps(plan, ref, nets, inputs, acc, decoder=True) if what == "decoder"
-                     else _decode_steps(plan, nets, inputs, acc))
-            out.append(_measure(what, steps, plan, plan.decoder_batch_size, device, agree=agree, profile=profile))
-            del nets, steps
+    for group, kind in ((BACKBONE, "backbone"), (DECODER, "decoder")):
+        whats = [w for w in group if w in wanted]
+        if not whats:
+            continue
+        bases, agree = _bases(plan, ref, kind, acc.device, plan.shapes.body)
+        guide_bases = _bases(plan, ref, kind, acc.device, plan.shapes.guide)[0] if "sample_ag" in whats else {}
+        for i, what in enumerate(whats):
+            out.append(_one(what, plan, ref, acc, bases, guide_bases, agree, i == len(whats) - 1, profile))
+            _free(acc.device)
+        del bases, guide_bases
+        _free(acc.device)
     return out
 
 
