@@ -357,4 +357,5 @@ def test_gpu_check_cpu_smoke_runs_every_part(standin, tmp_path):
     assert "reference/ours: x" in text and "target x1.5" in text and "target x2.0" in text
     assert "FID-50k sampling + decoding on one device, ours" in text
     for part in ("train", "sample_ag", "versus"):
-        assert "did not finish" not in (out / f"{part}.log").read_text() and "failed" not in (out / f"{part}.log").read_text()
+        log = (out / f"{part}.log").read_text()
+        assert "did not finish" not in log and "failed" not in log

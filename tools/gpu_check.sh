@@ -7,7 +7,9 @@
 #      images/s and the projected hours for FID-50k (tools/bench_vs_reference.py --sides ours);
 #   3. the side-by-side ratios against the RAE release (tools/bench_vs_reference.py), when a
 #      checkout of github.com/bytetriper/RAE is given (its own imports, e.g. einops, must be there);
-#   4. DiT-DH-XL bf16 training again with torch.compile, with whatever time is left.
+#   4. with whatever time is left, torch.compile: the side-by-side training and CFG sampling ratios
+#      of our compiled model against the release (eager, as its scripts run by default), or without
+#      a checkout our compiled DiT-DH-XL training images/s and MFU.
 # Each part runs under `timeout` within one overall budget; a part that does not finish is
 # reported as such and the next one runs. Logs and a summary go to the output folder.
 #
@@ -89,7 +91,8 @@ part() {
     fi
 }
 
-part train 170 python tools/bench.py "${TRAIN[@]}" --max_batch "$MAX_BATCH" --device "$DEVICE" --what train --precision "$PRECISION"
+part train 170 python tools/bench.py "${TRAIN[@]}" --max_batch "$MAX_BATCH" --device "$DEVICE" --what train \
+    --precision "$PRECISION"
 part sample_ag 120 python tools/bench_vs_reference.py --sides ours --what sample_ag,decode "${SIZES[@]}" \
     "${AG[@]}" --device "$DEVICE" --precision "$PRECISION"
 if [ -n "$REFERENCE" ]; then
@@ -100,13 +103,16 @@ else
         | tee "$OUT_DIR/versus.log"
 fi
 if [ "$SMOKE" = 1 ]; then
-    echo "gpu_check: train_compiled skipped on the CPU smoke run (compiling takes minutes there)" \
-        | tee "$OUT_DIR/train_compiled.log"
+    echo "gpu_check: compiled skipped on the CPU smoke run (compiling takes minutes there)" \
+        | tee "$OUT_DIR/compiled.log"
+elif [ -n "$REFERENCE" ]; then
+    part compiled 600 python tools/bench_vs_reference.py --reference "$REFERENCE" --sides reference,ours+compile \
+        --what train,sample_cfg "${SIZES[@]}" "${VERSUS[@]}" --device "$DEVICE" --precision "$PRECISION"
 else
-    part train_compiled 600 python tools/bench.py "${TRAIN[@]}" --device "$DEVICE" \
-        --what train --precision "$PRECISION" --compile
+    part compiled 600 python tools/bench.py "${TRAIN[@]}" --device "$DEVICE" --what train --precision "$PRECISION" \
+        --compile
 fi
 
-python -m rae.bench.summary "$OUT_DIR"/train.log "$OUT_DIR"/train_compiled.log "$OUT_DIR"/sample_ag.log \
-    "$OUT_DIR"/versus.log | tee "$OUT_DIR/summary.log"
+python -m rae.bench.summary "$OUT_DIR"/train.log "$OUT_DIR"/sample_ag.log "$OUT_DIR"/versus.log \
+    "$OUT_DIR"/compiled.log | tee "$OUT_DIR/summary.log"
 echo "gpu_check: done in $(($(date +%s) - START))s; logs in $OUT_DIR"

@@ -68,7 +68,8 @@ def load_reference(path: str | Path) -> Reference:
     """Import the release's modules from the checkout at ``path``; UnusableReference if that cannot work."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
-        raise UnusableReference(f"--reference {path}: no such folder (expected a checkout of github.com/bytetriper/RAE)")
+        raise UnusableReference(f"--reference {path}: no such folder "
+                                "(expected a checkout of github.com/bytetriper/RAE)")
     _check_layout(root)
     src = root / "src"
     _forget_foreign_packages(src)

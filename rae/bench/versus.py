@@ -223,9 +223,9 @@ def _train_steps(plan: Plan, ref: Reference | None, nets: dict[str, nn.Module], 
             steps[side.name] = (reference_decoder_step(run_net, params, ref, inputs, acc, plan.recipe) if decoder
                                 else reference_train_step(run_net, params, ref, plan.shapes, inputs, acc, plan.recipe))
         else:
-            steps[side.name] = (our_decoder_step(run_net, params, inputs, acc, plan.recipe, side.fused_adamw)
-                                if decoder else
-                                our_train_step(run_net, params, plan.shapes, inputs, acc, plan.recipe, side.fused_adamw))
+            steps[side.name] = (
+                our_decoder_step(run_net, params, inputs, acc, plan.recipe, side.fused_adamw) if decoder
+                else our_train_step(run_net, params, plan.shapes, inputs, acc, plan.recipe, side.fused_adamw))
     return steps
 
 
@@ -343,7 +343,8 @@ def profiler(device: torch.device, rows: int) -> Callable[[str, dict[str, Step]]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tools/bench_vs_reference.py", description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=None, help="checkout of github.com/bytetriper/RAE (needed for the reference side)")
+    p.add_argument("--reference", default=None,
+                   help="checkout of github.com/bytetriper/RAE (needed for the reference side)")
     p.add_argument("--sides", default="reference,ours", help="comma list; first is the baseline of the ratios")
     p.add_argument("--what", default="all", help=f"comma list of {', '.join(MEASUREMENTS)}, or all")
     p.add_argument("--size", default="S", help="DiT-DH body: S, B, L, XL or hidden:depth:heads")
