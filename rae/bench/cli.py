@@ -13,8 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from rae.accelerator import make_accelerator
+from rae.accelerator import Accelerator, make_accelerator
 from rae.bench.flops import measure_peak_flops
+from rae.bench.max_batch import largest_batch, train_batch_fits
 from rae.bench.measure import Options, Result, bench_decoder, bench_sample, bench_train
 from rae.bench.models import BenchModels, load_config
 from rae.config_errors import ConfigError
@@ -40,6 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sample_steps", type=int, default=50, help="Euler grid points (sample_steps - 1 evaluations)")
     p.add_argument("--guidance_scale", type=float, default=1.0, help="CFG scale; != 1 doubles the forward batch")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--max_batch", type=int, default=0, metavar="LIMIT",
+                   help="also find the largest training batch <= LIMIT that fits (from --batch_size, doubling)")
     return p.parse_args(argv)
 
 
@@ -56,6 +59,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchError(f"--{name} {getattr(args, name)}: must be >= {least}")
     if args.warmup < 0:
         raise BenchError(f"--warmup {args.warmup}: must be >= 0")
+    if args.max_batch and args.max_batch < args.batch_size:
+        raise BenchError(f"--max_batch {args.max_batch}: must be 0 (off) or >= --batch_size {args.batch_size}")
     if args.device not in (None, "cpu") and not args.device.startswith("cuda"):
         raise BenchError(f"--device {args.device!r}: must be cpu or cuda[:N]")
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -112,6 +117,23 @@ def table(results: list[Result], peak_flops: float, header: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
+def max_train_batch(models: BenchModels, acc: Accelerator, start: int, limit: int) -> dict[str, Any]:
+    """The largest training batch that fits on the device, between ``start`` and ``limit``."""
+    print(f"bench: searching the largest training batch ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+    fits, release = train_batch_fits(models.backbone, models.transport, acc)
+    try:
+        batch = largest_batch(fits, start, limit)
+    finally:
+        release()
+    if acc.device.type != "cuda":
+        note = "on the CPU nothing runs out of memory: the limit is not a measurement"
+    elif batch == limit:
+        note = "every batch up to the limit fitted: raise --max_batch to find the real one"
+    else:
+        note = "the next batch ran out of memory"
+    return {"batch": batch, "start": start, "limit": limit, "note": note}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build, measure, print; returns the JSON record."""
     check_args(args)
@@ -133,11 +155,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     header = {"config": "+".join(args.gin), "device": str(acc.device), "precision": args.precision,
               "compile": args.compile, "latent_shape": list(models.latent_shape or [])}
     print(table(results, peak, header))
+    largest = None
+    if args.max_batch:
+        if models.backbone is None or models.transport is None:
+            raise BenchError("--max_batch: the config has no backbone and transport to train")
+        largest = max_train_batch(models, acc, args.batch_size, args.max_batch)
+        print(f"largest training batch per device: {largest['batch']} (searched {args.batch_size}..{args.max_batch}, "
+              f"eager, {args.precision}; {largest['note']})")
     if models.unset:
         print("placeholders (not needed for speed): " + ", ".join(models.unset))
     record = {**header, "gin_params": args.gin_param, "peak_flops": peak, "machine": machine(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": {r.what: r.as_dict() for r in results}}
+              "results": {r.what: r.as_dict() for r in results}, "max_train_batch": largest}
     print(JSON_PREFIX + json.dumps(record))
     return record
 
