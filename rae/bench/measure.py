@@ -75,7 +75,7 @@ def _maybe_compile(module: nn.Module, opt: Options) -> Callable[..., torch.Tenso
 
 def _train_step(module: Callable[..., torch.Tensor], params: list[nn.Parameter], loss_fn: Callable[..., torch.Tensor],
                 acc: Accelerator, opt: Options) -> Callable[[], None]:
-    """forward + backward under the accelerator's autocast, then clip + AdamW (fused on CUDA)."""
+    """forward + backward under the accelerator's autocast, then clip + AdamW (fused on CUDA and the CPU)."""
     optimizer = make_adamw(params, opt.lr)
 
     def step() -> None:

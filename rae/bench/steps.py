@@ -76,11 +76,10 @@ def compile_network(net: nn.Module, reference: bool) -> nn.Module:
 # ---- stage-2 training step ----
 
 def our_train_step(net: nn.Module, params: list[nn.Parameter], shapes: Shapes, inputs: Inputs, acc: Accelerator,
-                   recipe: Recipe, fused_adamw: bool = False) -> Step:
-    """Our stage-2 step: draw t and noise, velocity loss, backward, clip, AdamW (``fused_adamw``: also on CPU)."""
+                   recipe: Recipe) -> Step:
+    """Our stage-2 step: draw t and noise, velocity loss, backward, clip, AdamW (``make_adamw``: fused)."""
     transport = Transport(time_schedule=LogitNormal(0.0, 1.0), time_shift=shapes.time_shift)
-    optimizer = (torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, fused=True) if fused_adamw
-                 else make_adamw(params, recipe.lr, betas=recipe.betas))
+    optimizer = make_adamw(params, recipe.lr, betas=recipe.betas)
 
     def step() -> None:
         with record_function("forward+loss"), acc.autocast():
@@ -161,10 +160,9 @@ def reference_sample(net: nn.Module, ref: Reference, shapes: Shapes, inputs: Inp
 # ---- ViT decoder ----
 
 def our_decoder_step(net: nn.Module, params: list[nn.Parameter], inputs: Inputs, acc: Accelerator,
-                     recipe: Recipe, fused_adamw: bool = False) -> Step:
+                     recipe: Recipe) -> Step:
     """Our decoder step: latents -> pixels, L1 to fixed targets, backward, clip, AdamW."""
-    optimizer = (torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, fused=True) if fused_adamw
-                 else make_adamw(params, recipe.lr, betas=recipe.betas))
+    optimizer = make_adamw(params, recipe.lr, betas=recipe.betas)
 
     def step() -> None:
         with record_function("forward+loss"), acc.autocast():

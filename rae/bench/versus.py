@@ -3,8 +3,7 @@
 Both sides are built with the same shapes and the same weights (`rae.bench.pairs`), run under the
 same autocast on the same device with the same thread count, and are timed in alternating rounds
 (`rae.bench.interleave`). A side is ``reference`` or ``ours``, optionally with ``+compile``
-(torch.compile, as each side offers it) or, for ours, ``+fused_adamw`` (the fused AdamW kernel on
-the CPU too). Exit codes: 0 done, 2 bad arguments or an unusable reference checkout.
+(torch.compile, as each side offers it). Exit codes: 0 done, 2 bad arguments or an unusable reference checkout.
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ JSON_PREFIX = "VERSUS_JSON "
 BACKBONE = ("sample_cfg", "sample_cfg_interval", "sample_ag", "train")  # training last: it changes the weights
 DECODER = ("decode", "decoder")
 MEASUREMENTS = BACKBONE + DECODER
-OPTIONS = {"reference": ("compile",), "ours": ("compile", "fused_adamw")}
+OPTIONS = {"reference": ("compile",), "ours": ("compile",)}
 AGREEMENT_LIMIT = 0.05
 FID_IMAGES = 50_000
 
@@ -52,7 +51,6 @@ class Side:
     name: str
     base: str
     compile: bool = False
-    fused_adamw: bool = False
 
 
 def parse_sides(text: str) -> list[Side]:
@@ -66,7 +64,7 @@ def parse_sides(text: str) -> list[Side]:
         if unknown:
             raise VersusError(f"--sides {name!r}: unknown option {unknown[0]!r} for {base} "
                               f"(options: {', '.join(OPTIONS[base])})")
-        sides.append(Side(name, base, "compile" in options, "fused_adamw" in options))
+        sides.append(Side(name, base, "compile" in options))
     if not sides or len({s.name for s in sides}) != len(sides):
         raise VersusError(f"--sides {text!r}: give distinct sides, e.g. reference,ours")
     return sides
@@ -224,8 +222,8 @@ def _train_steps(plan: Plan, ref: Reference | None, nets: dict[str, nn.Module], 
                                 else reference_train_step(run_net, params, ref, plan.shapes, inputs, acc, plan.recipe))
         else:
             steps[side.name] = (
-                our_decoder_step(run_net, params, inputs, acc, plan.recipe, side.fused_adamw) if decoder
-                else our_train_step(run_net, params, plan.shapes, inputs, acc, plan.recipe, side.fused_adamw))
+                our_decoder_step(run_net, params, inputs, acc, plan.recipe) if decoder
+                else our_train_step(run_net, params, plan.shapes, inputs, acc, plan.recipe))
     return steps
 
 
