@@ -123,6 +123,10 @@ class CocoFeatures(torch.utils.data.Dataset):
             path = self.folder / CAPTIONS_FILE
             if path.is_file():
                 captions = json.loads(path.read_text())["captions"]
+                if len(captions) != len(self._counts):
+                    raise ValueError(f"coco_features: {self.folder} holds {len(self._counts)} of the {len(captions)} "
+                                     f"images its {CAPTIONS_FILE} lists: the preprocess_t2i run that writes it is "
+                                     "unfinished; rerun it")
                 if [len(c) for c in captions] != self._counts:
                     raise ValueError(f"coco_features: {path} lists captions that do not match the {{i}}_{{k}}.npy "
                                      f"files of {self.folder}; rerun preprocess_t2i")
