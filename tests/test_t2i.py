@@ -26,6 +26,7 @@ from rae.run_file import set_run_root
 from rae.runner import main
 from rae.sampling.cfg import ClassifierFreeGuidance
 from rae.tracking.tracker import Tracker
+from rae.weights import WeightsNotFound
 
 LOG = logging.getLogger("test_t2i")
 T2I_TINY = ROOT / "experiments" / "t2i_tiny.gin"
@@ -94,6 +95,20 @@ def test_stage2_refuses_mismatched_conditions_when_built(bindings, message):
     with pytest.raises(Exception, match=message):  # a ConfigError naming the gin file, from the ValueError
         experiment = build(T2I_TINY, bindings)
         experiment.stages["stage2"].check(1)
+
+
+def test_the_text_encoder_loads_a_save_pretrained_folder_and_refuses_missing_weights(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(1)
+    CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).save_pretrained(tmp_path / "clip")
+    encoder = CLIPTextEncoder(weights=str(tmp_path / "clip"), tokenizer="characters", max_length=12)
+    assert encoder.context_dim == 16
+    encoder.load_pretrained(allow_random=False, log=LOG)
+    saved = CLIPTextModel.from_pretrained(tmp_path / "clip").state_dict()
+    assert all(torch.equal(value, saved[name]) for name, value in encoder.model.state_dict().items())
+    with pytest.raises(WeightsNotFound, match="CLIP text encoder"):
+        text_encoder().load_pretrained(allow_random=False, log=LOG)
 
 
 def test_the_character_tokenizer_pads_and_truncates_as_clip():
