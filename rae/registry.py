@@ -90,6 +90,7 @@ def _qualname(obj: Any) -> str:
 
 
 ENCODERS = Registry("encoder")
+TEXT_ENCODERS = Registry("text_encoder")
 DECODERS = Registry("decoder")
 AUTOENCODERS = Registry("autoencoder")
 BACKBONES = Registry("backbone")
@@ -106,7 +107,7 @@ EVALUATIONS = Registry("evaluation")
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (
-        ENCODERS, DECODERS, AUTOENCODERS, BACKBONES, PATHS, TIME_SCHEDULES,
+        ENCODERS, TEXT_ENCODERS, DECODERS, AUTOENCODERS, BACKBONES, PATHS, TIME_SCHEDULES,
         SAMPLERS, GUIDANCE, LOSSES, DATASETS, EXPERIMENTS, TRACKERS, EVALUATIONS,
     )
 }

@@ -54,6 +54,8 @@ RAE_S1 = "RAE configs/stage1/training/DINOv2-B_decXL.yaml"
 RAE_XL512 = "RAE configs/stage2/training/ImageNet512/DiTDH-XL_DINOv2-B.yaml (input_size corrected to 32)"
 REPA_TRAIN = "REPA README train command + train.py defaults"
 REPA_GEN = "REPA README generate command + generate.py defaults"
+REPA_T2I = "REPA README train_t2i command + train_t2i.py / dataset.py defaults"
+REPA_T2I_GEN = "REPA generate_t2i.py + samplers_t2i.py defaults"
 RELEASED_FACTS = [
     (RAE_XL, "training.global_batch_size", "1024", "ditdh_xl", "stage2.batch_size = 1024"),
     (RAE_XL, "training.epochs", "1400", "ditdh_xl", "stage2.total_epochs = 1400"),
@@ -147,6 +149,33 @@ RELEASED_FACTS = [
     (REPA_GEN, "--guidance-high", "0.7", "sample_repa_sit_xl", "GUIDANCE/cfg.t_max = 0.7"),
     (REPA_GEN, "labels torch.randint", "random", "sample_repa_sit_xl", "sample.labels = 'random'"),
     (REPA_GEN, "--vae", "ema", "sample_repa_sit_xl", "sd_vae.weights = 'stabilityai/sd-vae-ft-ema'"),
+    (REPA_T2I, "models/mmdit.py MMDiT(depth)", "24", "repa_mmdit_coco", "mmdit.depth = 24"),
+    (REPA_T2I, "--encoder-depth", "8", "repa_mmdit_coco", "repa.encoder_depth = 8"),
+    (REPA_T2I, "--enc-type", "dinov2-vit-b (torch.hub, no registers)", "repa_mmdit_coco",
+     "repa_target/dinov2.registers = False"),
+    (REPA_T2I, "--proj-coeff", "0.5", "repa_mmdit_coco", "repa.proj_coeff = 0.5"),
+    (REPA_T2I, "--batch-size", "256", "repa_mmdit_coco", "stage2.batch_size = 256"),
+    (REPA_T2I, "--learning-rate", "1e-4", "repa_mmdit_coco", "stage2.lr = 0.0001"),
+    (REPA_T2I, "--adam-beta2", "0.999", "repa_mmdit_coco", "stage2.betas = (0.9, 0.999)"),
+    (REPA_T2I, "--max-grad-norm", "1.0", "repa_mmdit_coco", "stage2.grad_clip = 1.0"),
+    (REPA_T2I, "--max-train-steps", "400000", "repa_mmdit_coco", "stage2.total_steps = 400000"),
+    (REPA_T2I, "--checkpointing-steps", "50000", "repa_mmdit_coco", "stage2.checkpoint_every = 50000"),
+    (REPA_T2I, "--mixed-precision", "fp16", "repa_mmdit_coco", "run.precision = 'fp16'"),
+    (REPA_T2I, "update_ema(decay)", "0.9999", "repa_mmdit_coco", "stage2.ema_decay = 0.9999"),
+    (REPA_T2I, "--weighting", "uniform", "repa_mmdit_coco", "transport.time_schedule = @time_schedule.uniform()"),
+    (REPA_T2I, "dataset.py MSCOCO256Features(p_uncond)", "0.1", "repa_mmdit_coco", "coco_features.p_uncond = 0.1"),
+    (REPA_T2I, "latents_scale", "0.18215", "repa_mmdit_coco", "coco_features.scaling_factor = 0.18215"),
+    (REPA_T2I_GEN, "--mode / --num-steps", "ode 50 (51 grid points)", "sample_mmdit_coco",
+     "SAMPLER/euler.num_steps = 51"),
+    (REPA_T2I_GEN, "--heun", "False", "sample_mmdit_coco", "SAMPLER = @sampler.euler()"),
+    (REPA_T2I_GEN, "--cfg-scale", "1.5", "sample_mmdit_coco", "GUIDANCE/cfg.scale = 1.5"),
+    (REPA_T2I_GEN, "--guidance-low", "0.0", "sample_mmdit_coco", "GUIDANCE/cfg.t_min = 0.0"),
+    (REPA_T2I_GEN, "--guidance-high", "1.0", "sample_mmdit_coco", "GUIDANCE/cfg.t_max = 1.0"),
+    (REPA_T2I_GEN, "--vae", "ema", "sample_mmdit_coco", "sd_vae.weights = 'stabilityai/sd-vae-ft-ema'"),
+    (REPA_T2I_GEN, "Accelerator(mixed_precision=None)", "fp32", "sample_mmdit_coco", "run.precision = 'fp32'"),
+    (REPA_T2I_GEN, "torch.load(ckpt)['model']", "model", "sample_mmdit_coco", "sample.prefer = 'model'"),
+    (REPA_T2I_GEN, "MSCOCO256Features(mode='val')", "val captions", "sample_mmdit_coco",
+     "coco_features.split = 'val'"),
 ]
 
 

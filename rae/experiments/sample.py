@@ -1,6 +1,7 @@
-"""`sample`: draw ``num_samples`` class-conditional images from a trained backbone for FID (ADM protocol).
+"""`sample`: draw ``num_samples`` images from a trained backbone for FID (ADM protocol), conditioned on
+class labels or, for a text-to-image backbone, on captions of caption data (`rae.conditions`).
 
-Sample ``i`` is a pure function of ``(seed, i)``: its noise (and its label, with random labels)
+Sample ``i`` is a pure function of ``(seed, i)``: its noise (and its random label, or its caption)
 comes from a generator seeded by both, so any batch size, number of ranks or restart gives the
 same images. Ranks take the disjoint indices ``rank, rank + world, ...``; each image is written as
 soon as it is decoded (`ImageStore`), and a rerun makes only the missing ones. At the end rank 0
@@ -19,6 +20,10 @@ import torch
 from torch import nn
 
 from rae.backbones.base import Backbone
+from rae.conditions import (
+    CONTEXT, LABEL, CaptionData, Captions, ClassLabels, ConditionSource, check_condition, check_context_width,
+    sample_generator,
+)
 from rae.experiments.base import Experiment, RunContext
 from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, save_grid
 from rae.hub import resolve
@@ -32,25 +37,14 @@ from rae.weights import load_pretrained_weights, missing_weights
 NPZ_FILE = "samples.npz"
 GRID_FILE = "grid.png"
 IMAGES_DIR = "images"
-LABEL_MODES = ("equal", "random")
-
-
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of sample ``index``: seeded by (seed, index) only, so batching cannot change it."""
-    if not 0 <= index < 2**32 or not 0 <= seed < 2**31:
-        raise ValueError(f"seed {seed} and index {index} must fit 31 and 32 bits")
-    return torch.Generator().manual_seed((seed << 32) | index)
+LABEL_MODES = ClassLabels.MODES
 
 
 def sample_inputs(seed: int, indices: list[int], latent_shape: tuple[int, ...], num_classes: int,
                   labels: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise (B, *latent_shape), labels (B,)) of the samples ``indices``; "equal" labels are ``i % num_classes``."""
-    noise, ys = [], []
-    for i in indices:
-        g = sample_generator(seed, i)
-        ys.append(i % num_classes if labels == "equal" else int(torch.randint(num_classes, (), generator=g)))
-        noise.append(torch.randn(latent_shape, generator=g))
-    return torch.stack(noise), torch.tensor(ys, dtype=torch.long)
+    noise, y, _, _ = ClassLabels(num_classes, labels).draw(seed, indices, latent_shape)
+    return noise, y
 
 
 @EXPERIMENTS.register("sample")
@@ -66,6 +60,11 @@ class Sample(Experiment):
       num_samples: images to make (50,000 for FID-50k).
       num_classes: classes to sample (default: the backbone's); labels: "equal" (exactly
         num_samples / num_classes of each, ADM/RAE's protocol) or "random" (uniform per sample).
+      captions: caption data (``@dataset.coco_features()``, ``@dataset.embedded_captions()``) for a
+        text-conditioned backbone, instead of labels: sample i gets a random caption of a distinct item
+        (`rae.conditions.Captions`); guidance's null condition is the data's empty caption context.
+      prefer: the checkpoint's weights to sample, "ema" (RAE's and REPA's generate.py) or "model" (REPA's
+        generate_t2i.py loads ``['model']``).
       batch_size: samples per forward pass on each rank.
       grid_size, grid_rows: the first ``grid_size`` samples form the logged grid, ``grid_rows`` per row.
       log_every: batches between progress logs.
@@ -85,6 +84,8 @@ class Sample(Experiment):
         num_samples: int = 50_000,
         num_classes: int | None = None,
         labels: str = "equal",
+        captions: CaptionData | None = None,
+        prefer: str = "ema",
         batch_size: int = 64,
         grid_size: int = 64,
         grid_rows: int = 8,
@@ -96,13 +97,21 @@ class Sample(Experiment):
         if num_samples < 1 or batch_size < 1 or grid_size < 0 or grid_rows < 1:
             raise ValueError(f"sample: num_samples {num_samples}, batch_size {batch_size}, grid_rows {grid_rows} "
                              f"must be positive and grid_size {grid_size} >= 0")
-        classes = backbone.num_classes if num_classes is None else num_classes
-        if not 1 <= classes <= backbone.num_classes:
-            raise ValueError(f"sample.num_classes {classes} is out of range: the backbone embeds "
-                             f"{backbone.num_classes} classes (ditdh.num_classes / lightningdit.num_classes)")
-        if labels == "equal" and num_samples % classes:
-            raise ValueError(f"sample.labels = 'equal' needs sample.num_samples ({num_samples}) divisible by the "
-                             f"{classes} classes; use a multiple of {classes} or labels = 'random'")
+        if prefer not in ("ema", "model"):
+            raise ValueError(f"sample.prefer must be 'ema' or 'model', got {prefer!r}")
+        check_condition(backbone, CONTEXT if captions is not None else LABEL,
+                        f"sample.captions ({type(captions).__name__})" if captions is not None else "sample.labels")
+        classes = None
+        if captions is None:
+            classes = backbone.num_classes if num_classes is None else num_classes
+            if not 1 <= classes <= backbone.num_classes:
+                raise ValueError(f"sample.num_classes {classes} is out of range: the backbone embeds "
+                                 f"{backbone.num_classes} classes (ditdh.num_classes / lightningdit.num_classes)")
+            if labels == "equal" and num_samples % classes:
+                raise ValueError(f"sample.labels = 'equal' needs sample.num_samples ({num_samples}) divisible by "
+                                 f"the {classes} classes; use a multiple of {classes} or labels = 'random'")
+        elif num_classes is not None:
+            raise ValueError("sample.num_classes applies to class labels; with sample.captions leave it unset")
         if tuple(autoencoder.latent_shape) != tuple(backbone.latent_shape):
             raise ValueError(f"the autoencoder's latents {tuple(autoencoder.latent_shape)} differ from the "
                              f"backbone's {tuple(backbone.latent_shape)}: set the backbone's in_channels / input_size")
@@ -115,6 +124,8 @@ class Sample(Experiment):
         self.num_samples = num_samples
         self.num_classes = classes
         self.labels = labels
+        self.captions = captions
+        self.prefer = prefer
         self.batch_size = batch_size
         self.grid_size = min(grid_size, num_samples)
         self.grid_rows = grid_rows
@@ -123,7 +134,8 @@ class Sample(Experiment):
 
     # ---- what the runner asks ----
     def models(self) -> dict[str, nn.Module]:
-        found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "guidance": self.guidance}
+        found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "guidance": self.guidance,
+                 "text_encoder": getattr(self.captions, "text_encoder", None)}
         return {name: model for name, model in found.items() if isinstance(model, nn.Module)}
 
     def latent_shape(self) -> tuple[int, ...]:
@@ -144,8 +156,8 @@ class Sample(Experiment):
                             "Set `sample.weights_path` to stage2's ema.pt, a released RAE checkpoint or a REPA "
                             "checkpoint", allow_random, log)
         else:
-            projectors = load_repa_checkpoint(self.backbone, path, prefer="ema")
-            log.info("sample: backbone weights (ema) from %s%s", self.weights_path,
+            projectors = load_repa_checkpoint(self.backbone, path, prefer=self.prefer)
+            log.info("sample: backbone weights (%s) from %s%s", self.prefer, self.weights_path,
                      f"; left out {len(projectors)} projector tensors of REPA's alignment loss" if projectors else "")
         for model in self.models().values():
             load_pretrained_weights(model, allow_random=allow_random, log=log)
@@ -168,39 +180,50 @@ class Sample(Experiment):
         autoencoder = self.autoencoder.to(acc.device).eval()
         if isinstance(self.guidance, nn.Module):
             self.guidance.to(acc.device).eval()
-        velocity = self.guidance.velocity_fn(model, to_velocity=self.transport.velocity,
-                                             num_classes=self.backbone.num_classes)
+        conditions = self.conditions(ctx.seed)
+        null = conditions.null_condition()
+        velocity = self.guidance.velocity_fn(
+            model, to_velocity=self.transport.velocity,
+            num_classes=self.backbone.num_classes if conditions.kind == LABEL else None,
+            null_condition=None if null is None else null.to(acc.device))
         shape = tuple(self.backbone.latent_shape)
         start, made = time.time(), 0
         batches = [mine[k:k + self.batch_size] for k in range(0, len(mine), self.batch_size)]
         for b, indices in enumerate(batches):
-            noise, labels = sample_inputs(ctx.seed, indices, shape, self.num_classes, self.labels)
+            noise, y, stored, _ = conditions.draw(ctx.seed, indices, shape)
             with torch.inference_mode(), acc.autocast():
-                latents = self.sampler.sample(velocity, noise.to(acc.device), labels.to(acc.device),
+                latents = self.sampler.sample(velocity, noise.to(acc.device), y.to(acc.device),
                                               generator=sample_generator(ctx.seed, indices[0]),
                                               path=self.transport.path)
                 images = autoencoder.decode(latents).float()
-            store.write(indices, images.cpu(), labels)
+            store.write(indices, images.cpu(), stored)
             made += len(indices)
             if acc.is_main and ((b + 1) % self.log_every == 0 or b + 1 == len(batches)):
                 rate = made / max(time.time() - start, 1e-9)
                 ctx.tracker.track("images_per_second", rate * acc.world_size, step=made * acc.world_size)
                 ctx.log.info("sample: %d / %d images on rank 0, %.2f images/s per rank", made, len(mine), rate)
         acc.barrier()
-        return self._finish(ctx, store, made)
+        return self._finish(ctx, store, made, conditions)
 
-    def _finish(self, ctx: RunContext, store: ImageStore, made: int) -> dict[str, Any]:
-        """Rank 0: the ADM npz of all samples and the grid of the first ``grid_size``, logged with class captions."""
+    def conditions(self, seed: int) -> ConditionSource:
+        """Where the samples' conditions come from: the caption data's captions, or class labels."""
+        if self.captions is None:
+            return ClassLabels(self.num_classes, self.labels)
+        check_context_width(self.backbone, self.captions, f"sample.captions ({type(self.captions).__name__})")
+        return Captions(self.captions, seed)
+
+    def _finish(self, ctx: RunContext, store: ImageStore, made: int, conditions: ConditionSource) -> dict[str, Any]:
+        """Rank 0: the ADM npz of all samples and the grid of the first ``grid_size``, logged with the
+        samples' captions (``class 3``, or the caption text)."""
         npz = ctx.run_dir / NPZ_FILE
         summary = {"images": str(store.folder), "npz": str(npz), "made_here": made}
         if not ctx.accelerator.is_main:
             return summary
         store.pack_npz(npz, self.num_samples)
         if self.grid_size:
-            read = [store.read(i) for i in range(self.grid_size)]
-            grid = torch.stack([chw_tensor(image) for image, _ in read])
+            grid = torch.stack([chw_tensor(store.read(i)[0]) for i in range(self.grid_size)])
             save_grid(grid, ctx.run_dir / GRID_FILE, self.grid_rows)
             ctx.tracker.track_images("samples", grid.float() / 255, step=self.num_samples,
-                                     captions=[f"class {label}" for _, label in read])
+                                     captions=conditions.captions(ctx.seed, range(self.grid_size)))
             summary["grid"] = str(ctx.run_dir / GRID_FILE)
         return summary

@@ -1,10 +1,14 @@
 """`stage2`: train a diffusion backbone with the transport on autoencoder latents (RAE Sec. 4; REPA).
 
 Data: a latent cache (``latents = @dataset.latent_cache()``; the encoder never runs), or images
-(``dataset = ...``) encoded on the fly by ``autoencoder``, which REPA's alignment needs (its
-target encoders see the images). One optimiser step:
+(``dataset = ...``) encoded on the fly by ``autoencoder``; REPA's alignment needs the images (its
+target encoders see them), which ``dataset`` gives and latent data may give with its latents
+(``coco_features``: REPA's MS-COCO latents, captions and crops). The condition y is whatever the
+data yields: class labels, or caption contexts for a text-conditioned backbone (MMDiT;
+`rae.conditions`). One optimiser step:
   1. this rank's share of the global batch -> latents x0 (encoded without gradient from images);
-  2. t, noise and label dropout drawn once for the whole global batch (`GlobalBatchDraws`), so
+  2. t, noise and condition dropout (labels to the null label, contexts to the empty caption's)
+     drawn once for the whole global batch (`GlobalBatchDraws`), so
      that any number of ranks and any split into
      micro-batches computes exactly the gradient of the whole batch;
   3. per micro-batch: backbone(x_t, t, y) -> transport loss [+ proj_coeff * alignment loss of the
@@ -23,6 +27,10 @@ from torch import nn
 
 from rae.accelerator import Accelerator
 from rae.backbones.base import Backbone
+from rae.conditions import (
+    LABEL, BatchContextDropout, BatchLabelDropout, CaptionData, Captions, check_condition, check_context_width,
+    condition_dropout, data_condition,
+)
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
 from rae.experiments.base import Experiment, RunContext, check_training
@@ -76,48 +84,25 @@ class Denoiser(nn.Module):
         return out, align, metrics
 
 
-class BatchLabelDropout:
-    """Label dropout drawn once per batch, before it is split, instead of in every forward pass.
-
-    The backbone's label embedder would draw it per micro-batch, and on CUDA (where every kernel
-    launch takes its own offset of the Philox stream) a split batch would then drop other labels
-    than the whole one. So the embedder is switched to eval mode (no dropout of its own) and gets
-    labels already dropped with its probability and null label.
-    """
-
-    def __init__(self, backbone: Backbone) -> None:
-        self.embedder = backbone.y_embedder
-        self.embedder.train(False)
-
-    def __call__(self, labels: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
-        """Drop each label where ``uniform`` (drawn here when not given) is below the probability."""
-        if self.embedder.dropout_prob <= 0:
-            return labels
-        if uniform is None:
-            return self.embedder.drop(labels)
-        return torch.where(uniform < self.embedder.dropout_prob, torch.full_like(labels, self.embedder.null_label),
-                           labels)
-
-
 class GlobalBatchDraws:
-    """t, noise and label-dropout draws of the whole global batch; this rank keeps its own rows
+    """t, noise and condition-dropout draws of the whole global batch; this rank keeps its own rows
     (`rae.train.draws`), so any number of ranks trains as one process with the same global batch."""
 
-    def __init__(self, transport: Transport, drop_labels: BatchLabelDropout, seed: int, accelerator: Accelerator,
-                 global_batch: int) -> None:
+    def __init__(self, transport: Transport, drop: BatchLabelDropout | BatchContextDropout, seed: int,
+                 accelerator: Accelerator, global_batch: int) -> None:
         self.transport = transport
-        self.drop_labels = drop_labels
+        self.drop = drop
         self.seed = seed
         self.accelerator = accelerator
         self.global_batch = global_batch
 
-    def __call__(self, x0: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
+    def __call__(self, x0: torch.Tensor, y: torch.Tensor, step: int) -> tuple[TrainingPoint, torch.Tensor]:
         draws = StepDraws(self.seed, step, self.accelerator, self.global_batch)
         t = draws.keep(self.transport.sample_time(self.global_batch, x0.shape[1:], generator=draws.generator,
                                                   device=draws.draw_device))
         noise = draws.randn(*x0.shape[1:], dtype=x0.dtype)
         point = self.transport.point(x0, noise, t)
-        return point, self.drop_labels(labels, draws.rand())
+        return point, self.drop(y, draws.rand())
 
 
 class TrainableParameters:
@@ -143,17 +128,19 @@ class TrainableParameters:
 # Sample grids during training
 # ---------------------------------------------------------------------------------------------
 class SampleGrid:
-    """Fixed noise and labels, integrated by the EMA model with a few Euler steps, decoded to images.
+    """Fixed noise and conditions (labels or caption contexts), integrated by the EMA model with a few
+    Euler steps, decoded to images and logged with their captions.
 
     The noise comes from its own generator (seeded once), so every grid of a run starts from the
     same noise and sampling never moves the training random streams.
     """
 
     def __init__(self, transport: Transport, autoencoder: nn.Module, latent_shape: tuple[int, ...],
-                 labels: list[int], num_steps: int, device: torch.device, seed: int) -> None:
+                 y: torch.Tensor, captions: list[str], num_steps: int, device: torch.device, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
-        self.noise = torch.randn(len(labels), *latent_shape, generator=generator).to(device)
-        self.labels = torch.tensor(labels, device=device)
+        self.noise = torch.randn(len(y), *latent_shape, generator=generator).to(device)
+        self.y = y.to(device)
+        self.captions = captions
         self.transport = transport
         self.autoencoder = autoencoder
         self.sampler = EulerSampler(num_steps=num_steps, shift=transport.shift(latent_shape))
@@ -162,10 +149,9 @@ class SampleGrid:
     def log(self, model: nn.Module, accelerator: Accelerator, tracker: Tracker, step: int) -> None:
         velocity = NoGuidance().velocity_fn(model, to_velocity=self.transport.velocity)
         with accelerator.autocast():
-            latents = self.sampler.sample(velocity, self.noise, self.labels)
+            latents = self.sampler.sample(velocity, self.noise, self.y)
             images = self.autoencoder.decode(latents)
-        captions = [f"class {label}" for label in self.labels.tolist()]
-        tracker.track_images("samples", images.float().clamp(0, 1), step, captions=captions)
+        tracker.track_images("samples", images.float().clamp(0, 1), step, captions=self.captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,12 +177,14 @@ class Stage2(Experiment):
     Args:
       backbone: the stage-2 network, ``f(x_t, t, y) -> prediction``.
       transport: path, prediction, time schedule and shift; gives the per-sample loss.
-      latents: a latent cache (``@dataset.latent_cache()``); or
-      dataset: labelled images in [0, 1], encoded by ``autoencoder`` every step.
+      latents: a latent cache (``@dataset.latent_cache()``) or latents with captions and images
+        (``@dataset.coco_features()``); or
+      dataset: images in [0, 1] with labels (or captions: ``@dataset.embedded_captions()``), encoded by
+        ``autoencoder`` every step. The data's kind of condition must be the backbone's.
       autoencoder: encodes ``dataset`` and decodes the sample grids; with ``latents`` it only decodes,
         and must be the autoencoder the cache was made with.
       alignment: REPA's loss (``@loss.repa()``): ``alignment(tokens, images) -> (proj_coeff * loss,
-        {"align_loss": loss})`` with ``encoder_depth``; needs ``dataset`` (its encoders see the images).
+        {"align_loss": loss})`` with ``encoder_depth``; needs images: ``dataset``, or latent data that yields them.
       batch_size: global batch (all ranks, all micro-batches); micro_batch_size: per forward pass.
       total_steps / total_epochs: training length; warmup_steps / warmup_epochs and decay_end_step /
         decay_end_epoch shape the ``lr_schedule`` ("constant", "linear", "cosine") down to ``final_lr``;
@@ -215,7 +203,8 @@ class Stage2(Experiment):
       num_workers: data-loading processes per rank.
       log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
       sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
-      sample_labels: the classes in the grid (default: evenly spread over the classes, 8 of them).
+      sample_labels: the classes in the grid (default: evenly spread over the classes, 8 of them); with
+        caption data the grid shows 8 random captions of the data (`rae.conditions.Captions`).
       online_fid: FID of samples against a reference batch every so many steps, logged as
         ``online/fid_ema`` (and ``online/fid_model``), as RAE's train.py evaluates (`OnlineFID`).
     """
@@ -226,8 +215,8 @@ class Stage2(Experiment):
         self,
         backbone: Backbone,
         transport: Transport,
-        latents: LatentCache | None = None,
-        dataset: LabelledImages | None = None,
+        latents: LatentCache | CaptionData | None = None,
+        dataset: LabelledImages | CaptionData | None = None,
         autoencoder: nn.Module | None = None,
         alignment: nn.Module | None = None,
         batch_size: int = 256,
@@ -266,9 +255,13 @@ class Stage2(Experiment):
                              "by the autoencoder every step): give exactly one")
         if dataset is not None and autoencoder is None:
             raise ValueError("stage2.dataset holds images: give stage2.autoencoder to encode them")
-        if alignment is not None and dataset is None:
+        if alignment is not None and dataset is None and not getattr(latents, "yields_images", False):
             raise ValueError("stage2.alignment (REPA) needs images for its target encoders: give stage2.dataset "
-                             "(with an autoencoder) instead of a latent cache")
+                             "(with an autoencoder) instead of a latent cache, or latents that come with images "
+                             "(@dataset.coco_features() with images = True)")
+        if online_fid is not None and backbone.condition != LABEL:
+            raise ValueError(f"stage2.online_fid samples class labels; {type(backbone).__name__} is conditioned on "
+                             "captions: score its samples with the sample and eval experiments instead")
         if online_fid is not None and autoencoder is None:
             raise ValueError("stage2.online_fid decodes its samples: give stage2.autoencoder")
         if stochastic_encode and dataset is None:
@@ -322,11 +315,20 @@ class Stage2(Experiment):
     # ---- what the runner asks ----
     def models(self) -> dict[str, nn.Module]:
         found = {"backbone": self.backbone, "autoencoder": self.autoencoder, "alignment": self.alignment,
-                 "online_fid": self.online_fid}
+                 "online_fid": self.online_fid, "text_encoder": getattr(self.data, "text_encoder", None)}
         return {name: model for name, model in found.items() if model is not None}
 
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(self.backbone.latent_shape)
+
+    @property
+    def data(self) -> LatentCache | LabelledImages | CaptionData:
+        """What the run trains on: the latents, or the images."""
+        return self.latents if self.latents is not None else self.dataset
+
+    @property
+    def data_name(self) -> str:
+        return f"stage2.{'latents' if self.latents is not None else 'dataset'} ({type(self.data).__name__})"
 
     def tags(self) -> list[str]:
         return [self.kind, type(self.backbone).__name__] + (["repa"] if self.alignment is not None else [])
@@ -338,13 +340,17 @@ class Stage2(Experiment):
         if self.sample_every < 0 or self.sample_steps < 2:
             raise ValueError(f"stage2.sample_every = {self.sample_every}, sample_steps = {self.sample_steps}: expected "
                              "sample_every >= 0 (0: no grids) and sample_steps >= 2 (the Euler grid's points)")
-        classes = self.backbone.num_classes
+        if self.sample_labels is not None and self.backbone.condition != LABEL:
+            raise ValueError(f"stage2.sample_labels are classes, but {type(self.backbone).__name__} is conditioned on "
+                             "captions: leave it unset (the grid shows captions of the data)")
+        classes = self.backbone.num_classes if self.backbone.condition == LABEL else 0
         if self.sample_labels is not None and not all(0 <= label < classes for label in self.sample_labels):
             raise ValueError(f"stage2.sample_labels {self.sample_labels} must be classes the backbone embeds, "
                              f"0..{classes - 1}")
 
     def _check_models(self) -> None:
-        """Shapes the models must agree on (attributes only: runs on the meta device, no I/O)."""
+        """Shapes and conditions that models and data must agree on (attributes only: meta device, no I/O)."""
+        check_condition(self.backbone, data_condition(self.data), self.data_name)
         shape = tuple(self.backbone.latent_shape)
         if self.autoencoder is not None and tuple(self.autoencoder.latent_shape) != shape:
             raise ValueError(f"the autoencoder makes latents {tuple(self.autoencoder.latent_shape)} but the backbone "
@@ -360,7 +366,7 @@ class Stage2(Experiment):
             raise ValueError(f"the alignment projects tokens of width {width}, but the backbone's tokens after block "
                              f"{depth} have width {self.backbone.token_width(depth)}: set repa.hidden_size to it")
 
-    def _check_run(self, acc: Accelerator, data: LatentCache | LabelledImages) -> int:
+    def _check_run(self, acc: Accelerator, data: LatentCache | LabelledImages | CaptionData) -> int:
         """Checks that need the data or the world size; returns the per-rank batch."""
         if self.batch_size % acc.world_size:
             raise ValueError(f"stage2.batch_size {self.batch_size} is not divisible by the {acc.world_size} ranks")
@@ -369,9 +375,11 @@ class Stage2(Experiment):
             raise ValueError(f"the per-rank batch {per_rank} (batch_size {self.batch_size} / {acc.world_size} ranks) "
                              f"is not divisible by micro_batch_size {self.micro_batch_size}")
         if self.latents is not None and self.latents.latent_shape != tuple(self.backbone.latent_shape):
-            raise ValueError(f"latent cache {self.latents.path} holds latents {self.latents.latent_shape} but the "
+            raise ValueError(f"{self.data_name} holds latents {self.latents.latent_shape} but the "
                              f"backbone takes {tuple(self.backbone.latent_shape)}")
-        if data.num_classes > self.backbone.num_classes:
+        if self.backbone.condition != LABEL:
+            check_context_width(self.backbone, data, self.data_name)
+        elif data.num_classes > self.backbone.num_classes:
             raise ValueError(f"the data has {data.num_classes} classes but the backbone embeds "
                              f"{self.backbone.num_classes}: set its num_classes")
         if self.sample_labels and not all(0 <= label < data.num_classes for label in self.sample_labels):
@@ -390,7 +398,7 @@ class Stage2(Experiment):
         per_rank = self._check_run(acc, data)
 
         backbone = self.backbone.to(acc.device).train()
-        drop_labels = BatchLabelDropout(backbone)
+        drop = condition_dropout(backbone, data)
         autoencoder = (self.autoencoder.to(acc.device).train(self.stochastic_encode)
                        if self.autoencoder is not None else None)
         alignment = self.alignment.to(acc.device).train() if self.alignment is not None else None
@@ -426,17 +434,17 @@ class Stage2(Experiment):
         session.resume()
         ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
                      self.batch_size, per_rank, per_epoch)
-        grid = self._sample_grid(ctx, data.num_classes, every_rank=sharded)
-        draws = GlobalBatchDraws(self.transport, drop_labels, ctx.seed, acc, self.batch_size)
+        grid = self._sample_grid(ctx, data, every_rank=sharded)
+        draws = GlobalBatchDraws(self.transport, drop, ctx.seed, acc, self.batch_size)
         if session.step == 0:
             self._online_fid(ctx, {"ema": ema.model, "model": backbone}, session.step)
 
         while not session.done:
-            x, y = to_device(next(stream), acc.device)
-            images = x if self.latents is None else None
-            x0 = self._encode(autoencoder, x, acc) if images is not None else x.float()
-            point, labels = draws(x0, y, session.step + 1)
-            batch = (point.x0, point.noise, point.t, point.x_t, labels)
+            x, y, *with_latents = to_device(next(stream), acc.device)  # latent data may add the images
+            images = x if self.latents is None else next(iter(with_latents), None)
+            x0 = self._encode(autoencoder, x, acc) if self.latents is None else x.float()
+            point, y = draws(x0, y, session.step + 1)
+            batch = (point.x0, point.noise, point.t, point.x_t, y)
             if alignment is not None:
                 batch += (images,)
             metrics = accumulate_gradients(
@@ -488,13 +496,19 @@ class Stage2(Experiment):
         for name, value in scores.items():
             ctx.tracker.track(f"online/{name}", value, step)
 
-    def _sample_grid(self, ctx: RunContext, num_classes: int, every_rank: bool) -> SampleGrid | None:
+    def _sample_grid(self, ctx: RunContext, data: LatentCache | LabelledImages | CaptionData,
+                     every_rank: bool) -> SampleGrid | None:
         """The main rank's grid; with ``every_rank`` (a sharded EMA, whose forward is a collective)
         every rank samples it and the main rank logs it."""
         if self.autoencoder is None or self.sample_every <= 0 or not (ctx.accelerator.is_main or every_rank):
             if self.autoencoder is None and ctx.accelerator.is_main:
                 ctx.log.info("stage2: no autoencoder given, so no sample grids")
             return None
-        labels = self.sample_labels or [(i * num_classes) // 8 for i in range(8)]
-        return SampleGrid(self.transport, self.autoencoder, tuple(self.backbone.latent_shape), labels,
+        shape = tuple(self.backbone.latent_shape)
+        if self.backbone.condition == LABEL:
+            labels = self.sample_labels or [(i * data.num_classes) // 8 for i in range(8)]
+            y, captions = torch.tensor(labels), [f"class {label}" for label in labels]
+        else:
+            _, y, _, captions = Captions(data, ctx.seed).draw(ctx.seed, range(8), shape)
+        return SampleGrid(self.transport, self.autoencoder, shape, y, captions,
                           self.sample_steps, ctx.accelerator.device, ctx.seed)

@@ -117,13 +117,22 @@ class SDVAE(nn.Module, Pretrained):
         side = self.image_size // self.downsample
         return self.latent_channels, side, side
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (B, 3, image_size, image_size) -> scaled latents (B, C, h, w)."""
+    def _posterior(self, images: torch.Tensor) -> Any:
+        """The VAE's diagonal Gaussian posterior of images in [0, 1] (B, 3, image_size, image_size)."""
         expected = (3, self.image_size, self.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"sd_vae expects images of shape (B, {', '.join(map(str, expected))}) in [0, 1], "
                              f"got {tuple(images.shape)}; set sd_vae.image_size to the data's resolution")
-        posterior = self.vae.encode(images * 2 - 1).latent_dist
+        return self.vae.encode(images * 2 - 1).latent_dist
+
+    def moments(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the posterior's moments (B, 2C, h, w), mean then log-variance as the VAE
+        outputs them (unclamped, unscaled): U-ViT's ``encode_moments``, which REPA's MS-COCO features store."""
+        return self._posterior(images).parameters
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, 3, image_size, image_size) -> scaled latents (B, C, h, w)."""
+        posterior = self._posterior(images)
         if self.training and self.sample_posterior:
             return sample_posterior(posterior.mean, posterior.std, self.scaling_factor, self.latent_bias)
         return posterior.mean * self.scaling_factor + self.latent_bias
