@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import runpy
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from rae.weights import WeightsNotFound, missing_weights, unwritten_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = "plugins_for_tests.toy"
+README_COMPARE = [block for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+                  if block.startswith("python tools/compare.py")]
 
 
 @EXPERIMENTS.register("toy_score")
@@ -162,7 +167,7 @@ def test_parameter_counts_of_tiny_models_are_readable(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- a pipeline in the tracker
-def test_a_pipeline_run_fills_the_default_compare_columns_with_one_spelling_per_tag(aim_dir, caplog):
+def test_a_pipeline_run_fills_the_default_compare_columns_with_one_spelling_per_tag(aim_dir, caplog, capsys):
     (aim_dir / "toy_pipeline.gin").write_text(PIPELINE)
     with caplog.at_level(logging.INFO):  # the root's level: the runner leaves the "rae" logger's unset
         assert main(["--import", TOY, "--gin", str(aim_dir / "toy_pipeline.gin"),
@@ -178,14 +183,16 @@ def test_a_pipeline_run_fills_the_default_compare_columns_with_one_spelling_per_
                       "guidance.scale", "train/loss:last", "eval/fid{guidance=cfg-2.0,split=train}:last"]
     assert row[1:] == ["finished", "pipeline", "toy_mlp", "0", "toy_guidance", "2", "0.125", "12.5"]
 
-    # the README's command, on this run's backbone
-    table = compare(str(aim_dir), 'run.hparams.backbone.name == "toy_mlp"',
-                    params=["backbone.hidden_size", "guidance.scale", "run.seed", "status"],
-                    metrics="loss:last,loss:min,fid:min", sort="fid:min")
-    header, row = _rows(table)
-    assert header == ["name", "status", "backbone.hidden_size", "guidance.scale", "run.seed", "train/loss:last",
-                      "train/loss:min", "eval/fid{guidance=cfg-2.0,split=train}:min"]
-    assert "-" not in row
+    # the README's commands, verbatim but for the repo and the backbone's name
+    compare_main = runpy.run_path(str(ROOT / "tools" / "compare.py"))["main"]
+    for command in README_COMPARE:
+        args = [arg.replace('"ditdh"', '"toy_mlp"') for arg in shlex.split(command.replace("\\\n", " "))]
+        assert args[:4] == ["python", "tools/compare.py", "--repo", "runs"]
+        capsys.readouterr()
+        assert compare_main(["--repo", str(aim_dir), *args[4:]]) == 0
+        header, row = _rows(capsys.readouterr().out)
+        assert "-" not in row and any(title.startswith("eval/fid{") for title in header), header
+    assert len(README_COMPARE) == 2
 
 
 def test_class_names_and_plugin_names_give_one_tag():
