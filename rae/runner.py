@@ -255,12 +255,10 @@ def list_plugins(kind: str) -> str:
 
 def format_count(count: int) -> str:
     """``12``, ``12.3K``, ``415.1M``, ``1.2B``: a parameter count readable at every size."""
-    if count < 1000:
-        return str(count)
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for scale, suffix in ((1e9, "B"), (1e6, "M")):
         if round(count / scale, 1) >= 1:  # 999,960 reads 1.0M, not 1000.0K
             return f"{count / scale:.1f}{suffix}"
-    return str(count)
+    return f"{count / 1e3:.1f}K" if count >= 1000 else str(count)
 
 
 def describe(spec: RunSpec) -> str:
