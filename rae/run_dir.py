@@ -1,8 +1,10 @@
 """Run folders ``<root>/<name>/<timestamp>/``: config, checkpoints, samples of one run.
 
-Running the same command again resumes the newest unfinished folder of that name whose
-config is identical; a changed config, or ``--new_run``, starts a fresh folder. Nothing
-already written in an existing folder is overwritten on start. A process holds a lock on its
+Running the same command again resumes the newest folder of that name when it is unfinished
+and its config is identical; when a folder with the identical config has finished, the command
+does nothing and names it (a finished run is never silently redone); a changed config, or
+``--new_run``, starts a fresh folder. Nothing already written in an existing folder is
+overwritten on start. A process holds a lock on its
 folder while it runs: a second process never runs in it (it is told which process holds it),
 and folders are chosen and created under a lock on the run root, so two commands started in
 the same second never collide.
@@ -38,6 +40,7 @@ class RunFolder:
     path: Path
     run_name: str
     resumed: bool
+    finished: str | None = None  # when the folder holds a finished run: the time it finished
     _lock: Any = field(default=None, repr=False, compare=False)
 
     def lock(self) -> None:
@@ -127,7 +130,9 @@ def root_lock(root: str) -> Iterator[None]:
 
 
 def choose_run_folder(root: str, name: str, config_text: str, new: bool = False) -> RunFolder:
-    """The folder to run in, not yet created: the newest unfinished one with this exact config, or a new one."""
+    """The folder to run in, not yet created: the newest one when it is unfinished and has this exact
+    config (resumed), else the newest finished one with this exact config (``finished`` set: nothing
+    to run), else a new one. ``new`` always gives a new one."""
     try:
         return _choose(root, name, config_text, new)
     except OSError as exc:
@@ -137,12 +142,13 @@ def choose_run_folder(root: str, name: str, config_text: str, new: bool = False)
 
 def _choose(root: str, name: str, config_text: str, new: bool) -> RunFolder:
     base = Path(root).expanduser() / name
-    if not new and base.is_dir():
-        for candidate in sorted((p for p in base.iterdir() if p.is_dir()), reverse=True):
-            config = candidate / CONFIG_FILE
-            if config.exists() and not (candidate / DONE_FILE).exists() and config.read_text() == config_text:
-                return RunFolder(candidate, f"{name}/{candidate.name}", resumed=True)
-            break
+    folders = sorted((p for p in base.iterdir() if p.is_dir()), reverse=True) if not new and base.is_dir() else []
+    same = [p for p in folders if (p / CONFIG_FILE).exists() and (p / CONFIG_FILE).read_text() == config_text]
+    if same and same[0] == folders[0] and not (same[0] / DONE_FILE).exists():
+        return RunFolder(same[0], f"{name}/{same[0].name}", resumed=True)
+    done = next((p for p in same if (p / DONE_FILE).exists()), None)
+    if done is not None:
+        return RunFolder(done, f"{name}/{done.name}", resumed=False, finished=(done / DONE_FILE).read_text().strip())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = base / stamp
     suffix = 1
@@ -153,8 +159,8 @@ def _choose(root: str, name: str, config_text: str, new: bool) -> RunFolder:
 
 
 def create_run_folder(folder: RunFolder, config_text: str) -> RunFolder:
-    """Make a new folder and write its config; a resumed folder is left as it is."""
-    if not folder.resumed:
+    """Make a new folder and write its config; a resumed or finished folder is left as it is."""
+    if not folder.resumed and folder.finished is None:
         try:
             folder.path.mkdir(parents=True)
             folder.write_text(CONFIG_FILE, config_text)
@@ -170,13 +176,16 @@ def start_run_folder(folder: RunFolder, root: str, name: str, config_text: str, 
 
     Under the run root's lock: ``under_lock`` runs first (e.g. creating the Aim repo there), and a
     new folder that another process made since it was chosen is chosen again (which finds that
-    process's folder, held, when the config is the same, or a fresh one with ``new``).
+    process's folder, held, when the config is the same, or a fresh one with ``new``). A finished
+    folder is returned as it is, neither created nor locked.
     """
     with root_lock(root):
         if under_lock is not None:
             under_lock()
-        if not folder.resumed and folder.path.exists():
+        if not folder.resumed and folder.finished is None and folder.path.exists():
             folder = choose_run_folder(root, name, config_text, new)
+        if folder.finished is not None:  # finished by another process since it was chosen: nothing to run
+            return folder
         create_run_folder(folder, config_text)
         folder.lock()
     return folder

@@ -253,15 +253,32 @@ def list_plugins(kind: str) -> str:
     return "\n".join(lines)
 
 
+def format_count(count: int) -> str:
+    """``12``, ``12.3K``, ``415.1M``, ``1.2B``: a parameter count readable at every size."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M")):
+        if round(count / scale, 1) >= 1:  # 999,960 reads 1.0M, not 1000.0K
+            return f"{count / scale:.1f}{suffix}"
+    return f"{count / 1e3:.1f}K" if count >= 1000 else str(count)
+
+
 def describe(spec: RunSpec) -> str:
     """The dry-run report: operative config, every model's parameter count, the latent shape."""
     lines = ["# operative config", gin.operative_config_str(), "# models"]
     for name, model in spec.experiment.models().items():
-        lines.append(f"{name}: {type(model).__name__}, {count_parameters(model) / 1e6:.1f}M parameters "
-                     f"({count_parameters(model):,})")
+        count = count_parameters(model)
+        lines.append(f"{name}: {type(model).__name__}, {format_count(count)} parameters ({count:,})")
     shape = spec.experiment.latent_shape()
     lines.append(f"latent shape: {tuple(shape) if shape else 'none'}")
     return "\n".join(lines)
+
+
+def canonical_tags(tags: Sequence[str]) -> list[str]:
+    """One spelling per tag: a plugin's class name becomes its registered name (``DiTDH`` -> ``ditdh``,
+    ``EulerSampler`` -> ``euler``), anything else is lower-cased; duplicates go, the order stays."""
+    registered = {obj.__name__: name for registry in REGISTRIES.values() for name, obj in registry
+                  if isinstance(obj, type)}
+    spelled = [registered.get(tag, tag.lower()) for tag in tags]
+    return list(dict.fromkeys(spelled))
 
 
 def execute(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, experiment_name: str) -> dict[str, Any]:
@@ -277,7 +294,7 @@ def execute(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, experime
         folder.remember_tracker(tracker)
     error: BaseException | None = None
     try:
-        tracker.add_tags([*spec.experiment.tags(), *config_tags()])
+        tracker.add_tags(canonical_tags([*spec.experiment.tags(), *config_tags()]))
         tracker.log_params(run_params(accelerator))
         tracker.log_text("config", gin.config_str())
         seed_everything(spec.seed, accelerator.rank)
@@ -364,6 +381,14 @@ def _agree_on_folder(accelerator: Accelerator | None, choose: Callable[[], RunFo
     return box[0]
 
 
+def _already_finished(folder: RunFolder, accelerator: Accelerator) -> int:
+    """Say that this exact config already ran to the end, where, and how to run it again; exit code 0."""
+    if accelerator.is_main:
+        print(f"nothing to do: a run with this exact config finished on {folder.finished}; its outputs are in "
+              f"{folder.path}\nto run it again in a new folder, add --new_run")
+    return 0
+
+
 def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> int:
     try:
         import_plugins(args.imports)
@@ -386,6 +411,8 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
             check_location(root, name)
         folder = _agree_on_folder(accelerator, lambda: choose_run_folder(root, name, gin.config_str(),
                                                                           new=args.new_run))
+        if folder.finished is not None and not args.dry_run:
+            return _already_finished(folder, accelerator)
         set_run_root(folder.path)
         with torch.device("meta") if args.dry_run else contextlib.nullcontext():
             spec = build_spec(source)
@@ -400,6 +427,8 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
             make_repo = partial(open_repo, spec.run_root) if spec.tracker is None else None
             folder = start_run_folder(folder, root, name, gin.config_str(), new=args.new_run, under_lock=make_repo)
         folder = _agree_on_folder(accelerator, lambda: folder)  # rank 0 may have had to choose again
+        if folder.finished is not None:
+            return _already_finished(folder, accelerator)
         set_run_root(folder.path)
     except REFUSALS as exc:
         return _refusal(exc)

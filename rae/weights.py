@@ -7,9 +7,12 @@ runner calls it for every such module before an experiment runs, never in a dry 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
+import os
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -43,14 +46,41 @@ def load_pretrained_weights(model: nn.Module, allow_random: bool, log: logging.L
             module.weights_loaded = True
 
 
+# Folders a pipeline's stages will write but have not yet: folder -> stage name (set by the pipeline).
+_unwritten: ContextVar[Mapping[str, str]] = ContextVar("rae_unwritten_stage_folders", default={})
+
+
+@contextlib.contextmanager
+def unwritten_folders(folders: Mapping[str | Path, str]) -> Iterator[None]:
+    """While inside, a missing file in one of ``folders`` (folder -> the pipeline stage that writes it)
+    is reported as not written yet, naming that stage, instead of as absent weights."""
+    token = _unwritten.set({os.fspath(folder): stage for folder, stage in folders.items()})
+    try:
+        yield
+    finally:
+        _unwritten.reset(token)
+
+
+def _unwritten_note(tried: str) -> str:
+    """Why ``tried`` is missing when a pipeline stage that has not run yet writes it; empty otherwise."""
+    for folder, stage in _unwritten.get().items():
+        if os.path.join(folder, "") in tried:
+            return (f" (not written yet: pipeline stage '{stage}' writes it, after this read; this stage's config "
+                    "binds that path, e.g. through an unscoped binding it inherits)")
+    return ""
+
+
 def missing_weights(what: str, tried: str, how: str, allow_random: bool, log: logging.Logger) -> None:
-    """The one policy for absent weights: refuse, or with explicit permission warn loudly."""
+    """The one policy for absent weights: refuse, or with explicit permission warn loudly. A file that a
+    later pipeline stage writes is named as such (`unwritten_folders`)."""
+    note = _unwritten_note(tried)
     if not allow_random:
         raise WeightsNotFound(
-            f"no pretrained weights for {what}: tried {tried}. {how} "
+            f"no pretrained weights for {what}: tried {tried}{note}. {how} "
             "(or set `run.allow_random_weights = True` to run with random weights, for tests only)"
         )
-    log.warning("RANDOM WEIGHTS for %s: tried %s; allowed by run.allow_random_weights", what, tried)
+    log.warning("RANDOM WEIGHTS for %s: tried %s%s; allowed by run.allow_random_weights", what, tried, note)
+
 
 class UnusableWeights(UnreadableFile):
     """A weights or stats file that reads but does not fit (keys, shapes): the message names it and what was expected."""

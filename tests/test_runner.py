@@ -52,8 +52,10 @@ def test_same_command_resumes_unfinished_folder_and_changed_config_starts_new(tm
     changed = open_run_folder(str(tmp_path), "x", "a = 2\n")
     assert changed.path != first.path
     changed.mark_done()
-    after_done = open_run_folder(str(tmp_path), "x", "a = 2\n")
-    assert after_done.path != changed.path and not after_done.resumed
+    after_done = open_run_folder(str(tmp_path), "x", "a = 2\n")  # finished: found, not redone
+    assert after_done.path == changed.path and after_done.finished and not after_done.resumed
+    fresh = open_run_folder(str(tmp_path), "x", "a = 2\n", new=True)
+    assert fresh.path not in (changed.path, first.path) and not fresh.finished
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ or stats is refused, naming both.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from rae.data.latent_cache import (
     write_shard,
 )
 from rae.experiments.base import AutoencoderExperiment, RunContext
+from rae.progress import Progress
 from rae.registry import EXPERIMENTS
 
 
@@ -119,7 +119,8 @@ class CacheLatents(AutoencoderExperiment):
         dtype = DTYPES[index.dtype]
         queue, written = list(shards), []
         buffers: dict[str, list[torch.Tensor]] = {"latents": [], "labels": [], "flipped": []}
-        start = time.perf_counter()
+        progress = Progress("cache_latents", "images", len(items), ctx.log, bar=acc.is_main)
+        encoded = 0
         for images, labels in loader:
             images = images.to(acc.device, non_blocking=True)
             with acc.autocast():
@@ -127,16 +128,17 @@ class CacheLatents(AutoencoderExperiment):
                 if index.flip:
                     buffers["flipped"].append(autoencoder.encode(images.flip(-1)).to(dtype).cpu())
             buffers["labels"].append(labels)
+            encoded += len(labels)
+            progress.update(encoded, log_line=False)
             while queue and sum(len(b) for b in buffers["labels"]) >= len(index.shard_items(queue[0])):
                 shard = queue.pop(0)
                 buffers = self._write(folder, shard, len(index.shard_items(shard)), buffers)
                 written.append(shard)
                 if acc.is_main:
                     write_index(folder, replace(index, shards_done=finished_shards(folder, index.num_shards)))
-                rate = sum(len(index.shard_items(k)) for k in written) / (time.perf_counter() - start)
-                ctx.log.info("cache_latents: wrote shard %d (%d/%d of this rank's), %.1f images/s",
-                             shard, len(written), len(shards), rate)
-                ctx.tracker.track("images_per_s", rate, len(written))
+                progress.update(encoded, f"wrote shard {shard} ({len(written)}/{len(shards)} of this rank's)")
+                ctx.tracker.track("images_per_s", progress.rate or 0.0, len(written))
+        progress.close()
         return written
 
     @staticmethod

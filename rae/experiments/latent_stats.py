@@ -9,7 +9,6 @@ most. ``per_channel = True`` writes one value per channel, (1, C, 1, 1), instead
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from rae.encoders.base import Encoder
 from rae.encoders.tokens import tokens_to_latent
 from rae.experiments.base import Experiment, RunContext
 from rae.moments import RunningMoments
+from rae.progress import Progress
 from rae.registry import EXPERIMENTS
 from rae.train.checkpoint import atomic_save
 
@@ -72,16 +72,19 @@ class LatentStats(Experiment):
                              pin_memory=acc.device.type == "cuda")
         c, (h, w) = encoder.hidden_size, encoder.token_grid
         moments = RunningMoments(c if self.per_channel else c * h * w)
-        start, seen = time.time(), 0
+        seen = 0
+        progress = Progress("latent_stats", "images", total, ctx.log, bar=acc.is_main)
         with torch.no_grad():
             for i, (images, _) in enumerate(loader):
                 with acc.autocast():
                     tokens = encoder(images.to(acc.device, non_blocking=True))
                 moments.update(tokens if self.per_channel else tokens_to_latent(tokens, (h, w)).flatten(1))
                 seen += images.shape[0]
-                if (i + 1) % self.log_every == 0:
-                    ctx.log.info("latent_stats: %d / %d images", seen * acc.world_size, total)
-                    ctx.tracker.track("images_per_s", seen / (time.time() - start), seen)
+                due = (i + 1) % self.log_every == 0
+                progress.update(min(seen * acc.world_size, total), log_line=due)
+                if due:
+                    ctx.tracker.track("images_per_s", (progress.rate or 0.0) / acc.world_size, seen)
+        progress.close()
         moments = _merge_across_ranks(moments, acc.device) if acc.distributed else moments
         layout = (1, c, 1, 1) if self.per_channel else (c, h, w)
         stats = {"mean": moments.mean.float().view(layout), "var": moments.var.float().view(layout)}

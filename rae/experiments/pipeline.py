@@ -10,14 +10,18 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from rae.experiments.base import Experiment, RunContext, seed_everything
+from rae.progress import format_duration, pipeline_stage
 from rae.registry import EXPERIMENTS
 from rae.tracking.prefixed import PrefixedTracker
+from rae.weights import unwritten_folders
 
 STAGE_DONE = "STAGE_DONE.json"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -62,26 +66,43 @@ class Pipeline(Experiment):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        for name, stage in self.stages.items():
+        start = time.monotonic()
+        for index, (name, stage) in enumerate(self.stages.items(), start=1):
             folder = ctx.run_dir / name
             marker = folder / STAGE_DONE
-            if marker.exists():
-                ctx.log.info("pipeline: stage %s already finished, skipping", name)
-                result = json.loads(marker.read_text())
-            else:
-                ctx.log.info("pipeline: stage %s (%s) in %s", name, stage.kind, folder)
-                folder.mkdir(parents=True, exist_ok=True)
-                seed_everything(ctx.seed, ctx.accelerator.rank)
-                stage.load_weights(ctx.allow_random_weights, ctx.log)
-                result = stage.run(replace(ctx, run_dir=folder, tracker=PrefixedTracker(ctx.tracker, name)))
-                result = {key: _plain(value) for key, value in (result or {}).items()}
-                if ctx.accelerator.is_main:
-                    tmp = marker.with_name(marker.name + ".tmp")
-                    tmp.write_text(json.dumps(result, indent=1))
-                    os.replace(tmp, marker)
-                ctx.accelerator.barrier()
+            with pipeline_stage(index, len(self.stages), name) as label:
+                if marker.exists():
+                    ctx.log.info("pipeline: %s already finished, skipping", label)
+                    result = json.loads(marker.read_text())
+                else:
+                    later = {ctx.run_dir / n: n for n in list(self.stages)[index - 1:]
+                             if not (ctx.run_dir / n / STAGE_DONE).exists()}
+                    result = self._run_stage(ctx, name, stage, label, later)
             summary |= {f"{name}.{key}": value for key, value in result.items()}
+        ctx.log.info("pipeline: all %d stages done in %s", len(self.stages), format_duration(time.monotonic() - start))
         return summary
+
+    def _run_stage(self, ctx: RunContext, name: str, stage: Experiment, label: str,
+                   unwritten: dict[Path, str]) -> dict[str, Any]:
+        """Run one stage in its folder and mark it finished; returns its summary. Its weights load first,
+        and a file it reads from ``unwritten`` (this and later stages' folders) is reported as not written yet."""
+        folder = ctx.run_dir / name
+        ctx.log.info("pipeline: %s (%s) in %s", label, stage.kind, folder)
+        start = time.monotonic()
+        folder.mkdir(parents=True, exist_ok=True)
+        seed_everything(ctx.seed, ctx.accelerator.rank)
+        with unwritten_folders(unwritten):
+            stage.load_weights(ctx.allow_random_weights, ctx.log)
+        result = stage.run(replace(ctx, run_dir=folder, tracker=PrefixedTracker(ctx.tracker, name)))
+        result = {key: _plain(value) for key, value in (result or {}).items()}
+        marker = folder / STAGE_DONE
+        if ctx.accelerator.is_main:
+            tmp = marker.with_name(marker.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            os.replace(tmp, marker)
+        ctx.accelerator.barrier()
+        ctx.log.info("pipeline: %s done in %s", label, format_duration(time.monotonic() - start))
+        return result
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,6 @@ and saves and logs a grid of originals above their reconstructions.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from rae.data.base import LabelledImages
 from rae.experiments.base import AutoencoderExperiment, RunContext
 from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, save_grid
 from rae.metrics.pixel import psnr, ssim
+from rae.progress import Progress
 from rae.registry import EXPERIMENTS
 from rae.train.checkpoint import atomic_write
 
@@ -122,7 +122,8 @@ class Reconstruct(AutoencoderExperiment):
         autoencoder = self.autoencoder.to(acc.device).eval()
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, num_workers=self.num_workers,
                             pin_memory=acc.device.type == "cuda")
-        start, made = time.time(), 0
+        made = 0
+        progress = Progress("reconstruct", "images", len(indices), ctx.log, bar=acc.is_main)
         for b, (images, labels) in enumerate(loader):
             batch = indices[made:made + len(labels)]
             with torch.inference_mode(), acc.autocast():
@@ -134,12 +135,12 @@ class Reconstruct(AutoencoderExperiment):
             references.write(batch, images, labels)
             reconstructions.write(batch, recon.cpu(), labels)
             made += len(batch)
-            if (b + 1) % self.log_every == 0 or made == len(indices):
-                rate = made / max(time.time() - start, 1e-9)
-                ctx.log.info("reconstruct: %d / %d images on rank %d, %.2f images/s", made, len(indices),
-                             acc.rank, rate)
-                if acc.is_main:
-                    ctx.tracker.track("images_per_second", rate * acc.world_size, step=made * acc.world_size)
+            due = (b + 1) % self.log_every == 0 or made == len(indices)
+            progress.update(made, f"on rank {acc.rank}" if acc.distributed else "", log_line=due)
+            if due and acc.is_main:
+                ctx.tracker.track("images_per_second", (progress.rate or 0.0) * acc.world_size,
+                                  step=made * acc.world_size)
+        progress.close()
         return made
 
     # ---- rank 0: scores, npz files, grid ----

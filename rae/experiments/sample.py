@@ -13,7 +13,6 @@ the error of the whole batch, and a stochastic sampler draws its noise per batch
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from rae.conditions import (
 from rae.experiments.base import Experiment, RunContext
 from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, save_grid
 from rae.hub import resolve
+from rae.progress import Progress
 from rae.registry import EXPERIMENTS
 from rae.repa.checkpoint import load_repa_checkpoint
 from rae.sampling.base import Sampler
@@ -159,6 +159,10 @@ class Sample(Experiment):
             projectors = load_repa_checkpoint(self.backbone, path, prefer=self.prefer)
             log.info("sample: backbone weights (%s) from %s%s", self.prefer, self.weights_path,
                      f"; left out {len(projectors)} projector tensors of REPA's alignment loss" if projectors else "")
+        if getattr(self.autoencoder, "decoder_path", False) is None:  # an RAE whose decoder nothing loads
+            missing_weights("the decoder of sample.autoencoder", "no decoder_path (the decoder is random)",
+                            "Set rae.decoder_path to a decoder checkpoint (stage 1's decoder_ema.pt or a released "
+                            "model.pt)", allow_random, log)
         for model in self.models().values():
             load_pretrained_weights(model, allow_random=allow_random, log=log)
 
@@ -187,8 +191,9 @@ class Sample(Experiment):
             num_classes=self.backbone.num_classes if conditions.kind == LABEL else None,
             null_condition=None if null is None else null.to(acc.device))
         shape = tuple(self.backbone.latent_shape)
-        start, made = time.time(), 0
+        made = 0
         batches = [mine[k:k + self.batch_size] for k in range(0, len(mine), self.batch_size)]
+        progress = Progress("sample", "images", len(mine), ctx.log, bar=acc.is_main)
         for b, indices in enumerate(batches):
             noise, y, stored, _ = conditions.draw(ctx.seed, indices, shape)
             with torch.inference_mode(), acc.autocast():
@@ -198,10 +203,12 @@ class Sample(Experiment):
                 images = autoencoder.decode(latents).float()
             store.write(indices, images.cpu(), stored)
             made += len(indices)
-            if acc.is_main and ((b + 1) % self.log_every == 0 or b + 1 == len(batches)):
-                rate = made / max(time.time() - start, 1e-9)
-                ctx.tracker.track("images_per_second", rate * acc.world_size, step=made * acc.world_size)
-                ctx.log.info("sample: %d / %d images on rank 0, %.2f images/s per rank", made, len(mine), rate)
+            due = (b + 1) % self.log_every == 0 or b + 1 == len(batches)
+            progress.update(made, "on rank 0" if acc.distributed else "", log_line=due)
+            if acc.is_main and due:
+                ctx.tracker.track("images_per_second", (progress.rate or 0.0) * acc.world_size,
+                                  step=made * acc.world_size)
+        progress.close()
         acc.barrier()
         return self._finish(ctx, store, made, conditions)
 

@@ -347,12 +347,12 @@ class Stage1(Experiment):
             disc.requires_grad_(False)  # on only inside the D step
             state |= {"disc_heads": disc.heads, "disc_optimizer": d_optimizer, "disc_scheduler": d_scheduler}
         starts = {name: round(epoch * per_epoch) for name, epoch in self.starts.items()}
-        session = TrainingSession(ctx, state, total_steps, self.log_every,
-                                  _pick(*self.checkpoint_every, per_epoch, 5000), self.keep_checkpoints)
+        every = _pick(*self.checkpoint_every, per_epoch, 5000)
+        session = TrainingSession(ctx, state, total_steps, self.log_every, every, self.keep_checkpoints, name=self.kind)
         session.resume()
-        ctx.log.info("stage1: %d steps of %d images (%d per rank), %d steps per epoch; LPIPS from step %d, "
-                     "D from %d, GAN in G from %d", total_steps, self.batch_size, per_rank, per_epoch,
-                     starts["lpips"], starts["disc"], starts["gan"])
+        ctx.log.info("stage1: %d steps of %d images (%d per rank), %d steps per epoch; loss: %s", total_steps,
+                     self.batch_size, per_rank, per_epoch, self._loss_terms(starts))
+        off = self._unused_metrics()
         grid = (ReconstructionGrid(self.dataset, self.grid_size, acc.device)
                 if self.grid_every > 0 and acc.is_main else None)
 
@@ -386,7 +386,8 @@ class Stage1(Experiment):
                 d_scheduler.step()
             elif disc is not None:
                 metrics |= {key: torch.zeros((), device=acc.device) for key in D_METRICS}
-            session.end_step(metrics, images=self.batch_size, scalars=scalars)
+            session.end_step({k: v for k, v in metrics.items() if k not in off}, images=self.batch_size,
+                             scalars=scalars)
             if grid is not None and (session.step % self.grid_every == 0 or session.done):
                 grid.log(ae, ema.model, acc, ctx.tracker, session.step)
 
@@ -396,6 +397,24 @@ class Stage1(Experiment):
         acc.barrier()
         summary = {"steps": session.step, "images": session.images, "decoder_ema": str(ema_path)}
         return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
+
+    def _loss_terms(self, starts: dict[str, int]) -> str:
+        """The loss terms this run uses and the step each starts at, e.g. ``L1, LPIPS (weight 1) from step 0``."""
+        lpips = (f"LPIPS (weight {self.lpips_weight:g}) from step {starts['lpips']}"
+                 if self.lpips is not None and self.lpips_weight > 0 else "no LPIPS")
+        gan = (f"D from step {starts['disc']}, GAN in G (weight {self.disc_weight:g}) from step {starts['gan']}"
+               if self.discriminator is not None else "no GAN")
+        return f"L1, {lpips}, {gan}"
+
+    def _unused_metrics(self) -> set[str]:
+        """Metrics of loss terms this run never uses (no LPIPS, no discriminator): left out of the log
+        instead of logged as zeros at every step."""
+        unused = set()
+        if self.lpips is None or self.lpips_weight <= 0:
+            unused.add("loss/lpips")
+        if self.discriminator is None:
+            unused |= {"loss/gan_g", "adaptive_weight"}
+        return unused
 
     @torch.no_grad()
     def _latents(self, ae: RAE, images: torch.Tensor, acc: Accelerator,

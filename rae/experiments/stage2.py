@@ -430,7 +430,7 @@ class Stage2(Experiment):
             state["scaler"] = scaler
         session = TrainingSession(ctx, state, total_steps, self.log_every,
                                   _pick(*self.checkpoint_every, per_epoch, 5000),
-                                  self.keep_checkpoints)
+                                  self.keep_checkpoints, name=self.kind)
         session.resume()
         ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
                      self.batch_size, per_rank, per_epoch)

@@ -3,6 +3,9 @@
 Everything is read through Aim's query API (`Repo.query_runs`, `Run.metrics`), so the
 query is Aim QL exactly as typed in the UI's search box, e.g.
 ``run.experiment == "ditdh_xl" and run.hparams.guidance.scale > 1``.
+
+A pipeline logs each stage's metrics under the stage's name (``stage2/loss``, ``eval/fid``):
+a metric asked for by its plain name (``loss``) is also found there, in a column per stage.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from aim.sdk.types import QueryReportMode
 
 from rae.tracking.values import HPARAMS, flatten
 
-DEFAULT_PARAMS = ("experiment.name", "encoder.name", "backbone.name", "run.seed")
-DEFAULT_METRICS = "loss:last,loss:min,fid:last,rfid:last,psnr:last"
+DEFAULT_PARAMS = ("experiment.name", "encoder.name", "backbone.name", "run.seed", "guidance.name", "guidance.scale")
+DEFAULT_METRICS = "loss:last,fid:last,rfid:last,psnr:last"
+FIXED_COLUMNS = ("name", "status")  # every table's first columns
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
     "last": lambda values: values[-1],
     "first": lambda values: values[0],
@@ -40,6 +44,7 @@ class MetricColumn:
     name: str
     context: Context
     aggregate: str
+    requested: str = ""  # the spec that asked for it, e.g. ``fid:min`` for ``eval/fid{split=val}:min``
 
     @property
     def title(self) -> str:
@@ -60,6 +65,17 @@ class RunRow:
     def param(self, key: str) -> Any:
         """A flat-config key (``backbone.name``) or, failing that, a top-level param path (``status``)."""
         return self.params.get(f"{HPARAMS}.{key}", self.params.get(key))
+
+    @property
+    def stages(self) -> set[str]:
+        """The stage names of a pipeline run (the prefixes of its metric names); empty for other runs."""
+        prefix = f"{HPARAMS}.experiment.stages."
+        return {key[len(prefix):].split(".")[0] for key in self.params if key.startswith(prefix)}
+
+    def stands_for(self, name: str, metric: str) -> bool:
+        """Whether a requested ``name`` stands for the tracked ``metric``: itself or a pipeline's ``<stage>/name``."""
+        stage, _, rest = metric.partition("/")
+        return metric == name or (rest == name and stage in self.stages)
 
 
 def parse_metric_specs(spec: str) -> list[tuple[str, str]]:
@@ -107,13 +123,15 @@ def _params(run: Any) -> dict[str, Any]:
 
 
 def metric_columns(rows: Sequence[RunRow], specs: Sequence[tuple[str, str]], keep_empty: bool) -> list[MetricColumn]:
-    """A column per requested (metric, aggregate) and per context the runs tracked it in."""
+    """A column per requested (metric, aggregate) and per metric it stands for (a pipeline's ``<stage>/name``)
+    and context the runs tracked it in."""
     columns = []
     for name, aggregate in specs:
-        contexts = sorted({ctx for row in rows for (metric, ctx) in row.series if metric == name}, key=str)
-        if not contexts and keep_empty:
-            contexts = [()]
-        columns.extend(MetricColumn(name, ctx, aggregate) for ctx in contexts)
+        found = {(metric, ctx) for row in rows for (metric, ctx) in row.series if row.stands_for(name, metric)}
+        found = sorted(found, key=lambda key: (key[0] != name, key[0], str(key[1])))
+        if not found and keep_empty:
+            found = [(name, ())]
+        columns.extend(MetricColumn(metric, ctx, aggregate, f"{name}:{aggregate}") for metric, ctx in found)
     return columns
 
 
@@ -123,8 +141,13 @@ def build_table(
     metrics: Sequence[MetricColumn],
     sort: str | None = None,
 ) -> tuple[list[str], list[list[Any]]]:
-    """Header and cells: name, status, one cell per param and per metric column (None when absent)."""
-    header = ["name", "status", *params, *(m.title for m in metrics)]
+    """Header and cells: name, status, one cell per param and per metric column (None when absent).
+
+    A param given twice, or naming a fixed column (``status``), is shown once. ``sort`` is a column's
+    title or a metric spec (``fid:min``), which sorts by the first column it gave.
+    """
+    params = [key for key in dict.fromkeys(params) if key not in FIXED_COLUMNS]
+    header = [*FIXED_COLUMNS, *params, *(m.title for m in metrics)]
     cells = []
     for row in rows:
         values = [row.param(key) for key in params]
@@ -133,9 +156,10 @@ def build_table(
             values.append(AGGREGATES[column.aggregate](series) if series else None)
         cells.append([row.name, row.status, *values])
     if sort is not None:
-        if sort not in header:
+        by_spec = [len(FIXED_COLUMNS) + len(params) + i for i, m in enumerate(metrics) if m.requested == sort]
+        if sort not in header and not by_spec:
             raise CompareError(f"--sort {sort!r}: not a column; columns are {', '.join(header)}")
-        index = header.index(sort)
+        index = header.index(sort) if sort in header else by_spec[0]
         cells.sort(key=lambda c: (c[index] is None, _sort_key(c[index])))
     return header, cells
 

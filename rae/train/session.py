@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from rae.experiments.base import RunContext
+from rae.progress import Progress
 from rae.train.checkpoint import Checkpointer
 from rae.train.rng import rng_state, set_rng_state
 from rae.train.step import check_finite
@@ -46,6 +47,7 @@ class TrainingSession:
 
     ``state`` names every object whose state a checkpoint must hold (models, EMA, optimisers,
     schedulers, discriminator, data stream). Only the main rank writes; every rank resumes.
+    ``name`` opens the progress line (``stage1: step 25/300 (8%)  elapsed ..  ETA ..  loss ..``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class TrainingSession:
         checkpoint_every: int = 1000,
         keep_checkpoints: int = 2,
         keep_every: int | None = None,
+        name: str = "train",
     ) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -75,6 +78,13 @@ class TrainingSession:
         self._window_images = 0
         self._window_start = time.perf_counter()
         self.last_metrics: dict[str, float] = {}
+        self.name = name
+        self.progress = self._new_progress()
+
+    def _new_progress(self) -> Progress:
+        """Elapsed time and ETA from the current step (a resumed run times only its own steps)."""
+        return Progress(self.name, "step", self.total_steps, self.ctx.log, unit="steps", done=self.step,
+                        bar=self.ctx.accelerator.is_main)
 
     @property
     def done(self) -> bool:
@@ -96,6 +106,7 @@ class TrainingSession:
         self.step, self.images = int(checkpoint["step"]), int(checkpoint["images"])
         self._load_window(checkpoint.get("window"))
         set_rng_state(checkpoint["rng"])
+        self.progress = self._new_progress()
         self.ctx.log.info("resumed from step %d (%d images) in %s", self.step, self.images, self.ctx.run_dir)
         return True
 
@@ -113,8 +124,12 @@ class TrainingSession:
             self._sums[key] = self._sums.get(key, 0.0) + value.detach().float()
         if self.step % self.log_every == 0 or self.done:
             self._log(scalars or {})
+        else:
+            self.progress.update(self.step, log_line=False)  # the terminal bar only
         if self.step % self.checkpoint_every == 0 or self.done:
             self.save()
+        if self.done:
+            self.progress.close()
 
     def _mean_over_ranks(self) -> dict[str, float]:
         """The window's metrics averaged over steps and ranks: every rank logs and checks the same
@@ -137,10 +152,7 @@ class TrainingSession:
             averaged["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         averaged.update(scalars)
         self.ctx.tracker.track_dict(averaged, self.step, {"subset": "train"})
-        self.ctx.log.info(
-            "step %d/%d  %s", self.step, self.total_steps,
-            "  ".join(f"{k} {v:.4g}" for k, v in averaged.items()),
-        )
+        self.progress.update(self.step, "  ".join(f"{k} {v:.4g}" for k, v in averaged.items()))
         self.last_metrics = averaged
         self._sums, self._window_steps, self._window_images = {}, 0, 0
         self._window_start = time.perf_counter()
