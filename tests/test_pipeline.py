@@ -138,3 +138,10 @@ def test_run_files_resolve_only_inside_a_run(tmp_path):
         set_run_root(None)
     with pytest.raises(ValueError, match="inside the run folder"):
         RunFile("../elsewhere.pt")
+
+
+def test_a_stage_config_error_stops_the_pipeline_before_its_run_folder(tmp_path, capsys):
+    rc, _ = run_pipeline(tmp_path, "--gin_param", "stage2.ema_decay = 1.5")
+    err = capsys.readouterr().err
+    assert rc == 2 and "pipeline stage 'train'" in err and "ema_decay" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "pipe").exists()

@@ -61,6 +61,14 @@ class Pipeline(Experiment):
             tags += [tag for tag in stage.tags() if tag not in tags]
         return tags
 
+    def check(self, world_size: int) -> None:
+        """Every stage's config checks, before the run folder is made; a failure names its stage."""
+        for name, stage in self.stages.items():
+            try:
+                stage.check(world_size)
+            except ValueError as exc:
+                raise ValueError(f"pipeline stage {name!r}: {exc}") from exc
+
     def load_weights(self, allow_random: bool, log: logging.Logger) -> None:
         """Nothing up front: each stage loads its weights when its turn comes."""
 
