@@ -1,4 +1,4 @@
 """Experiments: the units the runner executes (latent_stats, stage1, stage2, sample, eval, ...)."""
 from rae.experiments import (  # noqa: F401
-    cache_latents, latent_stats, online_fid, pipeline, reconstruct, sample, score, stage1, stage2,
+    cache_latents, image_tools, latent_stats, online_fid, pipeline, reconstruct, sample, score, stage1, stage2,
 )
