@@ -13,6 +13,7 @@ runs against an Aim repo, ``pip install`` names extras that exist, named files e
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import shlex
@@ -21,13 +22,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from plugins_for_tests.toy import aim_dir, aim_template, run_toy  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROGRAMS = ("python", "torchrun", "pip", "aim", "bash", "pytest", "hf")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SHELL_WORDS = {"do", "done", "then", "fi", "else"}
 
 
@@ -64,14 +64,14 @@ def expand(words: list[str], loops: dict[str, list[str]]) -> list[list[str]]:
     return expanded
 
 
-def documents() -> list[tuple[Path, str, str]]:
-    """(document, code, where) of every command block and inline command of the documents."""
+def documents() -> list[tuple[Path, str]]:
+    """(document, code) of every command block and inline command of the documents."""
     found = []
     for doc in DOCS:
         text = doc.read_text()
         for lang, body in FENCE.findall(text):
             if lang == "bash":
-                found.append((doc, body, "block"))
+                found.append((doc, body))
         outside = FENCE.sub("", text)
         for span in re.findall(r"`([^`]+)`", outside):
             code = " ".join(span.split())
@@ -80,13 +80,13 @@ def documents() -> list[tuple[Path, str, str]]:
                 words = words[1:]
             mention = len(words) == 2 and words[1].isalpha()  # "`aim up`", "`hf download`": a tool named in prose
             if len(words) > 1 and words[0] in PROGRAMS and not mention:
-                found.append((doc, code, "inline"))
+                found.append((doc, code))
     return found
 
 
 def cases() -> list:
     params = []
-    for doc, code, where in documents():
+    for doc, code in documents():
         for argv in shell_commands(code):
             label = f"{doc.name}:{' '.join(argv)[:90]}"
             params.append(pytest.param(doc, argv, id=label))
@@ -210,7 +210,7 @@ def extras() -> set[str]:
     text = (ROOT / "setup.cfg").read_text()
     section = text[text.index("[options.extras_require]"):]
     section = section[:section.index("\n[", 1)] if "\n[" in section[1:] else section
-    return set(re.findall(r"^(\w+) =", section, re.M))
+    return set(re.findall(r"^(\w+) =", section, re.MULTILINE))
 
 
 TOOLS = ("tools/run.py", "tools/bench.py", "tools/compare.py")
@@ -227,13 +227,10 @@ def test_other_command_names_what_exists(doc, argv):
         assert (ROOT / path / "setup.cfg").is_file(), f"pip install -e {target}: no project at {path}"
         if extra:
             assert set(extra.rstrip("]").split(",")) <= extras(), f"{target}: unknown extra (have {extras()})"
-    elif program == "python" and args[:2] == ["-m", "pytest"] or program == "pytest":
+    elif program == "pytest" or (program == "python" and args[:2] == ["-m", "pytest"]):
         files = [a for a in args if not a.startswith("-") and a not in ("-m", "pytest")]
         assert all((ROOT / f.split("::")[0]).exists() for f in files), files
-        import pytest as _  # noqa: F401  (the test extra is installed)
     elif program == "python" and args[:1] == ["-m"]:
-        import importlib.util
-
         assert importlib.util.find_spec(args[1]) is not None, f"python -m {args[1]}: no such module"
     elif program == "aim":
         assert args[0] == "up" and shutil.which("aim"), "aim up: the aim command is not installed"
@@ -241,12 +238,7 @@ def test_other_command_names_what_exists(doc, argv):
         assert (ROOT / args[0]).is_file(), f"bash {args[0]}: no such script"
     elif program == "hf":
         assert args[0] == "download" and re.fullmatch(r"[\w.-]+/[\w.-]+", args[1]), argv
-        assert shutil.which("hf") or importlib_has("huggingface_hub"), "hf: huggingface_hub is not installed"
+        assert importlib.util.find_spec("huggingface_hub"), "hf: huggingface_hub (which has the hf command) is missing"
     else:
         pytest.fail(f"{doc.name}: a command this test does not know how to check: {' '.join(argv)}")
 
-
-def importlib_has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
