@@ -3,6 +3,10 @@
 Registering an entry also registers it with gin under the kind as gin module, so a
 gin file reads ``autoencoder.encoder = @encoder.dinov2()``. Library code never sees
 gin: it is used here, in the registration layer, and at the runner.
+
+A registered class's constructor also checks its plugin slots (`SLOTS`): a parameter annotated
+``Backbone`` (or ``Sampler``, ``LabelledImages``, ...) refuses a value of another kind, naming the
+base class to subclass, before the constructor runs.
 """
 from __future__ import annotations
 
