@@ -34,7 +34,7 @@ from rae.experiments.base import (
     count_parameters,
     seed_everything,
 )
-from rae.registry import REGISTRIES
+from rae.registry import REGISTRIES, PluginSlotError, check_slot
 from rae.run_dir import RunFolder, RunFolderError, check_location, choose_run_folder, start_run_folder
 from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
@@ -91,10 +91,10 @@ def run_spec(
 
     ``tracker`` is a factory (``@tracker.aim``, no call); by default an Aim repo in ``run_root``.
     """
-    if not isinstance(experiment, Experiment):
-        raise ConfigError(
-            f"run.experiment must be an experiment (e.g. @experiment.latent_stats()), got {experiment!r}"
-        )
+    try:
+        check_slot("run.experiment", experiment, Experiment)
+    except PluginSlotError as exc:
+        raise ConfigError(f"{exc}; e.g. run.experiment = @experiment.latent_stats()") from exc
     if not 0 <= seed < 2**31:
         raise ConfigError(f"run.seed = {seed!r}: expected an integer in 0 .. 2**31 - 1")
     return RunSpec(experiment, name, seed, precision, device, tracker, run_root, allow_random_weights)
@@ -110,7 +110,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gin_param", action="append", default=[], metavar="BINDING",
                    help="extra binding, e.g. 'run.seed = 1' (repeatable)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="module that registers third-party plugins (repeatable)")
+                   help="module (my_plugins) or file (./my_plugins.py) that registers third-party plugins "
+                        "(repeatable)")
     p.add_argument("--list", nargs="?", const="all", default=None, metavar="KIND",
                    help="list registered plugins (of one kind) with their parameters, then exit")
     p.add_argument("--dry_run", action="store_true",
@@ -121,29 +122,75 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def import_plugins(modules: Sequence[str]) -> None:
-    """Built-in plugins first, then the user's modules (which register themselves on import)."""
+    """Built-in plugins first, then the user's modules or ``.py`` files (which register themselves on import)."""
     plugins.import_builtin()
     if modules and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # a user's module next to where they run the runner
     for name in modules:
+        origin = _plugin_file(name) if _is_file_path(name) else _module_origin(name)
         try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"--import {name}: cannot import the module ({exc})") from exc
+            if _is_file_path(name):
+                _import_file(name, origin)
+            else:
+                importlib.import_module(name)
         except (Exception, SystemExit) as exc:  # the module's own code raised, or it does not parse
-            raise ConfigError(f"--import {name}: importing the module failed{_where(exc, name)}: "
+            raise ConfigError(f"--import {name}: importing the module failed{_where(exc, origin)}: "
                               f"{type(exc).__name__}: {exc}") from exc
 
 
-def _where(exc: BaseException, module: str) -> str:
+def _is_file_path(name: str) -> bool:
+    """``--import ./my_plugins.py`` (a file) rather than ``--import my_plugins`` (a module name)."""
+    return name.endswith(".py") or "/" in name or os.sep in name
+
+
+def _module_origin(name: str) -> str | None:
+    """The file of an importable module; a module that is nowhere to be found is refused, naming where
+    it was looked for."""
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # its parent package is missing, or the name is malformed
+        found = None
+    if found is None:
+        raise ConfigError(f"--import {name}: no module {name!r} in the working folder {Path.cwd()} or on the "
+                          f"Python path ({', '.join(p or '.' for p in sys.path[:4])}, ...); a file path works "
+                          f"too: --import ./{name.replace('.', '/')}.py")
+    return found.origin
+
+
+def _plugin_file(name: str) -> str:
+    """The absolute path of ``--import path/to/file.py``, refused naming where it was looked for."""
+    path = Path(name).expanduser()
+    resolved = path if path.is_absolute() else Path.cwd() / path
+    if not resolved.is_file() or resolved.suffix != ".py":
+        raise ConfigError(f"--import {name}: no Python file {resolved} (a relative path is looked up in the "
+                          f"working folder {Path.cwd()}); expected a .py file that registers plugins")
+    return str(resolved)
+
+
+def _import_file(name: str, path: str) -> None:
+    """Import a ``.py`` file as the module named by its stem (so ``import my_plugins`` finds it afterwards)."""
+    module = Path(path).stem
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        if os.path.realpath(getattr(loaded, "__file__", "") or "") == os.path.realpath(path):
+            return  # imported before in this process (an embedding program, tests)
+        raise ConfigError(f"--import {name}: a module named {module!r} is already imported (from "
+                          f"{getattr(loaded, '__file__', None) or 'built in'}); rename {path}")
+    spec = importlib.util.spec_from_file_location(module, path)
+    code = importlib.util.module_from_spec(spec)
+    sys.modules[module] = code
+    try:
+        spec.loader.exec_module(code)
+    except BaseException:
+        del sys.modules[module]
+        raise
+
+
+def _where(exc: BaseException, origin: str | None) -> str:
     """`` at FILE, line N``: the syntax error's place, or the deepest frame of the module's own file."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f" at {exc.filename}, line {exc.lineno}"
-    try:
-        origin = importlib.util.find_spec(module).origin
-    except Exception:  # the module (or its parent package) cannot even be located
-        origin = None
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == origin]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if origin and f.filename == origin]
     return f" at {frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
 
 

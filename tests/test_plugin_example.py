@@ -19,7 +19,7 @@ def _readme_block(first_line: str) -> str:
 def test_readme_encoder_plugin_runs_through_the_runner(tmp_path, monkeypatch):
     (tmp_path / "my_encoders.py").write_text(_readme_block("# my_encoders.py"))
     (tmp_path / "my_stats.gin").write_text(_readme_block("# my_stats.gin"))
-    command = _readme_block("python tools/run.py --import").split()
+    command = _readme_block("python tools/run.py --import my_encoders").split()
     assert command[2:] == ["--import", "my_encoders", "--gin", "my_stats.gin"]
     monkeypatch.chdir(tmp_path)
     rc = main(command[2:] + ["--gin_param", "embedded.size = 24", "--gin_param", "latent_stats.batch_size = 7",
