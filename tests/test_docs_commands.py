@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from plugins_for_tests.toy import aim_dir, aim_template, run_toy  # noqa: F401 (fixtures)
 
+from rae.bench.versus import parse_args, parse_sides
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROGRAMS = ("python", "torchrun", "pip", "aim", "bash", "pytest", "hf")
@@ -189,7 +191,7 @@ def test_bench_command_parses_and_builds_its_config(doc, argv, monkeypatch):
 
 @pytest.mark.parametrize("doc, argv", [c for c in CASES if "tools/compare.py" in c.values[1]])
 def test_compare_command_runs_on_a_repo(doc, argv, aim_dir, monkeypatch, capsys):
-    """Against an Aim repo holding one run: the command as written (its query matches nothing there),
+    """Against an Aim repo holding one run: the command as written (a query may match nothing there),
     then without its query, so the run's row is built with the command's columns and sort."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
@@ -200,8 +202,9 @@ def test_compare_command_runs_on_a_repo(doc, argv, aim_dir, monkeypatch, capsys)
     monkeypatch.chdir(aim_dir)
     assert argv[:2] == ["python", "tools/compare.py"]
     assert compare_tool.main(argv[2:]) == 0
-    query = next(a for a in argv[2:] if a.startswith("run."))
-    assert compare_tool.main([a for a in argv[2:] if a != query]) == 0
+    query = next((a for a in argv[2:] if a.startswith("run.")), None)
+    if query is not None:
+        assert compare_tool.main([a for a in argv[2:] if a != query]) == 0
     table = capsys.readouterr().out
     assert "toy_tracking" in table or "toy/" in table, table
 
@@ -230,6 +233,9 @@ def test_other_command_names_what_exists(doc, argv):
     elif program == "pytest" or (program == "python" and args[:2] == ["-m", "pytest"]):
         files = [a for a in args if not a.startswith("-") and a not in ("-m", "pytest")]
         assert all((ROOT / f.split("::")[0]).exists() for f in files), files
+    elif program == "python" and args[:1] == ["tools/bench_vs_reference.py"]:
+        parsed = parse_args(args[1:])  # its arguments parse; the reference checkout it names is the user's
+        parse_sides(parsed.sides)
     elif program == "python" and args[:1] == ["-m"]:
         assert importlib.util.find_spec(args[1]) is not None, f"python -m {args[1]}: no such module"
     elif program == "aim":
