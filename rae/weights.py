@@ -82,6 +82,20 @@ def missing_weights(what: str, tried: str, how: str, allow_random: bool, log: lo
     log.warning("RANDOM WEIGHTS for %s: tried %s%s; allowed by run.allow_random_weights", what, tried, note)
 
 
+def load_state_dict_file(module: nn.Module, weights: str | None, what: str, binding: str, how: str,
+                         allow_random: bool, log: logging.Logger) -> None:
+    """``module``'s weights from the state dict file ``weights`` (a path or hf:// id), bound as ``binding``;
+    absent, the `missing_weights` policy with ``how`` as the way to make the file."""
+    from rae.hub import resolve  # rae.hub raises this module's WeightsNotFound
+
+    path = None if weights is None else resolve(weights, what)
+    if path is None or not path.is_file():
+        missing_weights(what, f"{binding}={weights!r}", how, allow_random, log)
+        return
+    load_checked(module, read_state_dict(path), what, path)
+    log.info("%s: loaded %s", what, path)
+
+
 class UnusableWeights(UnreadableFile):
     """A weights or stats file that reads but does not fit (keys, shapes): the message names it and what was expected."""
 

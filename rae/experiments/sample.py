@@ -66,7 +66,8 @@ class Sample(Experiment):
       prefer: the checkpoint's weights to sample, "ema" (RAE's and REPA's generate.py) or "model" (REPA's
         generate_t2i.py loads ``['model']``).
       batch_size: samples per forward pass on each rank.
-      grid_size, grid_rows: the first ``grid_size`` samples form the logged grid, ``grid_rows`` per row.
+      grid_size, grid_rows: the first ``grid_size`` samples form the logged grid, ``grid_rows`` per row;
+        grid_by_class: sort it by class (with "equal" labels and grid_rows = grid_size / num_classes: a row per class).
       log_every: batches between progress logs.
       quantize: floats to 8 bits by "truncate" (RAE's and REPA's samplers) or "round" (`rae.experiments.image_store`).
     """
@@ -89,6 +90,7 @@ class Sample(Experiment):
         batch_size: int = 64,
         grid_size: int = 64,
         grid_rows: int = 8,
+        grid_by_class: bool = False,
         log_every: int = 10,
         quantize: str = "truncate",
     ) -> None:
@@ -129,6 +131,7 @@ class Sample(Experiment):
         self.batch_size = batch_size
         self.grid_size = min(grid_size, num_samples)
         self.grid_rows = grid_rows
+        self.grid_by_class = grid_by_class
         self.log_every = log_every
         self.quantize = check_quantize(quantize, "sample.quantize")
 
@@ -228,9 +231,10 @@ class Sample(Experiment):
             return summary
         store.pack_npz(npz, self.num_samples)
         if self.grid_size:
-            grid = torch.stack([chw_tensor(store.read(i)[0]) for i in range(self.grid_size)])
+            order = sorted(range(self.grid_size), key=lambda i: store.read(i)[1] if self.grid_by_class else 0)
+            grid = torch.stack([chw_tensor(store.read(i)[0]) for i in order])
             save_grid(grid, ctx.run_dir / GRID_FILE, self.grid_rows)
             ctx.tracker.track_images("samples", grid.float() / 255, step=self.num_samples,
-                                     captions=conditions.captions(ctx.seed, range(self.grid_size)))
+                                     captions=conditions.captions(ctx.seed, order))
             summary["grid"] = str(ctx.run_dir / GRID_FILE)
         return summary

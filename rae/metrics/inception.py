@@ -61,9 +61,13 @@ class InceptionV3(FeatureExtractor, Pretrained):
         self.requires_grad_(False)
         self.eval()
 
+    def weights_file(self) -> Path:
+        """Where ``load_pretrained`` reads the weights: ``weights_path``, or torch-fidelity's file in the hub cache."""
+        return resolve(self.weights_path, "the FID Inception weights") if self.weights_path else default_weights_path()
+
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
         """Load the converted TF weights from ``weights_path`` or the torch.hub cache; download only if asked."""
-        path = resolve(self.weights_path, "the FID Inception weights") if self.weights_path else default_weights_path()
+        path = self.weights_file()
         if not path.is_file() and self.download and not self.weights_path:
             log.info("downloading the FID Inception weights from %s to %s", WEIGHTS_URL, path)
             path.parent.mkdir(parents=True, exist_ok=True)
