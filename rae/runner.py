@@ -40,7 +40,7 @@ from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable, open_repo
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import UnreadableFile
+from rae.io import UnreadableFile
 from rae.train.rng import seed_rngs
 from rae.weights import WeightsNotFound
 

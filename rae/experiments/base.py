@@ -1,31 +1,16 @@
-"""What every experiment offers the runner, and what the runner hands every experiment."""
+"""What every experiment offers the runner; `RunContext` (`rae.run_context`), what the runner hands it."""
 from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rae.accelerator import Accelerator
-from rae.tracking.tracker import Tracker
+from rae.run_context import RunContext
 from rae.train.rng import seed_rngs
 from rae.weights import load_pretrained_weights
-
-
-@dataclass
-class RunContext:
-    """Everything an experiment needs from outside its own config."""
-
-    accelerator: Accelerator
-    tracker: Tracker
-    run_dir: Path
-    seed: int = 0
-    allow_random_weights: bool = False
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("rae"))
 
 
 class Experiment(abc.ABC):

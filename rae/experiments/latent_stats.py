@@ -22,7 +22,7 @@ from rae.experiments.base import Experiment, RunContext
 from rae.moments import RunningMoments
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import atomic_save
+from rae.io import atomic_save
 
 
 @EXPERIMENTS.register("latent_stats")

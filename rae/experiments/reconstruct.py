@@ -27,7 +27,7 @@ from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, 
 from rae.metrics.pixel import psnr, ssim
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import atomic_write
+from rae.io import atomic_write
 
 RECONSTRUCTIONS_DIR = "reconstructions"
 REFERENCES_DIR = "references"

@@ -57,7 +57,7 @@ from rae.losses.gan import D_LOSS_TERMS, DiscLossTerms, quantize_8bit, vanilla_g
 from rae.losses.perceptual import LPIPS
 from rae.registry import EXPERIMENTS
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import atomic_save
+from rae.io import atomic_save
 from rae.train.data_stream import DataStream, to_device
 from rae.train.draws import StepDraws
 from rae.train.ema import EMA

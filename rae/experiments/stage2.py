@@ -39,7 +39,7 @@ from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
 from rae.sampling.guidance import NoGuidance
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import atomic_save
+from rae.io import atomic_save
 from rae.train.data_stream import DataStream, to_device
 from rae.train.distributed import (
     STRATEGIES,
