@@ -41,6 +41,7 @@ from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable, open_repo
 from rae.tracking.tracker import Tracker
 from rae.io import UnreadableFile
+from rae.train.options import OptimOptions
 from rae.train.rng import seed_rngs
 from rae.weights import WeightsNotFound
 
@@ -263,6 +264,7 @@ def _finalize(source: str, fill_required: bool) -> list[str]:
 
 
 gin.register("run_file")(RunFile)
+gin.register("optim")(OptimOptions)  # the trainers' optimiser options: stage2.optim = @optim()
 
 
 def _bound(key: str, default: Any) -> Any:
