@@ -481,7 +481,12 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
         set_run_root(folder.path)
     except REFUSALS as exc:
         return _refusal(exc)
+    return _execute_and_report(spec, folder, accelerator, stem)
 
+
+def _execute_and_report(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, stem: str) -> int:
+    """Run the experiment in its started folder; print where its outputs are and its summary (main rank).
+    The exit code is 0 done, 2 refused, 1 failed, 130 / 143 interrupted (the folder is unlocked in every case)."""
     accelerator.barrier()
     start = time.time()
     try:
