@@ -217,12 +217,8 @@ class Stage1(Trainer):
         discriminator: DinoDiscriminator | None = None,
         diffaug: DiffAugment | None = None,
         disc_loss: str = "hinge",
-        lpips_weight: float = 1.0,
-        disc_weight: float = 0.75,
-        adaptive_weight_cap: float = 1e4,
-        lpips_start_epoch: float = 0.0,
-        disc_start_epoch: float = 6.0,
-        gan_start_epoch: float = 8.0,
+        lpips_weight: float = 1.0, disc_weight: float = 0.75, adaptive_weight_cap: float = 1e4,
+        lpips_start_epoch: float = 0.0, disc_start_epoch: float = 6.0, gan_start_epoch: float = 8.0,
         batch_size: int = 512,
         micro_batch_size: int | None = None,
         total_steps: int | None = None,
@@ -232,8 +228,7 @@ class Stage1(Trainer):
         num_workers: int = 4,
         log_every: int = 100,
         keep_checkpoints: int = 2,
-        grid_every: int = 5000,
-        grid_size: int = 8,
+        grid_every: int = 5000, grid_size: int = 8,
     ) -> None:
         if disc_loss not in D_LOSS_TERMS:
             raise ValueError(f"stage1.disc_loss must be one of {sorted(D_LOSS_TERMS)}, got {disc_loss!r}")
