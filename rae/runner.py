@@ -34,13 +34,13 @@ from rae.experiments.base import (
     count_parameters,
     seed_everything,
 )
+from rae.io import UnreadableFile
 from rae.registry import REGISTRIES, PluginSlotError, check_slot
 from rae.run_dir import RunFolder, RunFolderError, check_location, choose_run_folder, start_run_folder
 from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable, open_repo
 from rae.tracking.tracker import Tracker
-from rae.io import UnreadableFile
 from rae.train.options import OptimOptions
 from rae.train.rng import seed_rngs
 from rae.weights import WeightsNotFound

@@ -10,10 +10,11 @@ import torch
 import rae.runner as runner
 from rae.encoders.tokens import tokens_to_latent
 from rae.experiments.stage1 import Stage1
+from rae.io import load
 from rae.losses import DinoDiscriminator
 from rae.runner import main
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import Checkpointer, load
+from rae.train.checkpoint import Checkpointer
 from rae.train.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,10 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-import gin
 import pytest
 import torch
 
+import gin
 from rae.experiments.stage1 import Stage1
 from rae.experiments.stage2 import Stage2
 from rae.run_file import set_run_root

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rae.io import UnreadableFile, atomic_save, load, unreadable_reason
+from rae.io import UnreadableFile, atomic_save, unreadable_reason
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
