@@ -183,9 +183,13 @@ def _record(out: str) -> dict:
 def test_rounds_alternate_their_order_and_ratios_are_per_round():
     order = []
     steps = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    seconds = interleave(steps, rounds=3, calls=2, warmup=1, device=torch.device("cpu"))
+    timed = interleave(steps, rounds=3, calls=2, warmup=1, device=torch.device("cpu"))
     assert order == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
-    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3}
+    for per_side in (timed.seconds, timed.cpu_seconds, timed.page_faults):
+        assert {k: len(v) for k, v in per_side.items()} == {"a": 3, "b": 3}
+    order.clear()
+    interleave(steps, rounds=1, calls=1, warmup=2, device=torch.device("cpu"))
+    assert order == ["a", "b", "b", "a", "a", "b"]  # the warm-up alternates as the rounds do
     stats = ratios({"ref": [2.0, 3.0, 4.0], "ours": [1.0, 1.0, 4.0]}, "ref")["ours"]
     assert (stats.median, stats.low, stats.high, stats.rounds) == (2.0, 1.0, 3.0, 3)
     with pytest.raises(ValueError, match="baseline"):
