@@ -1,14 +1,14 @@
 """glibc's heap held steady for CPU timing: freed memory stays in the process instead of going back to the OS.
 
 By default glibc returns a large free block at the top of its heap to the kernel (trimming) and
-serves big allocations with a fresh ``mmap`` each time; memory handed back must be faulted in again,
-page by page, when it is next allocated. A training step frees and re-allocates every gradient
+serves big allocations with a fresh ``mmap``; memory handed back must be faulted in again, page
+by page, when it is next written. A training step frees and re-allocates every gradient
 (``zero_grad(set_to_none=True)``), so whether a step pays those faults depends on where its
-blocks lie in the heap, and when two models share one process (the side-by-side benchmark),
-on the other model's allocations too: a ViT-XL decoder step measured 0 page faults alone and
-400,000 (1.6 GB, over 1 s of system time) right after the release's step in the same process.
-`keep_freed_memory` switches both returns off (documented ``mallopt`` settings), so that after a
-warm-up call every side runs on pages it already holds, whichever side ran before it.
+blocks lie in the heap, and, when two models share one process (the side-by-side benchmark), on
+the other model's allocations too: a ViT-XL decoder step re-faulted its 1.6 GB of gradients
+(400,000 faults, over half a second of system time) in some rounds and not in others, on either
+side (docs/benchmarks.md). `keep_freed_memory` switches both returns off (documented ``mallopt``
+settings), so that after a warm-up every side runs on pages it already holds.
 """
 from __future__ import annotations
 

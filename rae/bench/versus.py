@@ -386,7 +386,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg_scale", type=float, default=1.5)
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
     p.add_argument("--calls", type=int, default=1, help="calls per side per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first, alternating as the timed ones (compilation and the heap settle there)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed rounds first, alternating as the timed ones (compilation and the heap settle there)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast, both sides)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
