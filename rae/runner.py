@@ -34,13 +34,14 @@ from rae.experiments.base import (
     count_parameters,
     seed_everything,
 )
+from rae.io import UnreadableFile
 from rae.registry import REGISTRIES, PluginSlotError, check_slot
 from rae.run_dir import RunFolder, RunFolderError, check_location, choose_run_folder, start_run_folder
 from rae.run_file import RunFile, set_run_root
 from rae.run_params import config_tags, run_params, tracker_run_name
 from rae.tracking.aim_tracker import AimTracker, TrackerUnavailable, open_repo
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import UnreadableFile
+from rae.train.options import OptimOptions
 from rae.train.rng import seed_rngs
 from rae.weights import WeightsNotFound
 
@@ -263,6 +264,7 @@ def _finalize(source: str, fill_required: bool) -> list[str]:
 
 
 gin.register("run_file")(RunFile)
+gin.register("optim")(OptimOptions)  # the trainers' optimiser options: stage2.optim = @optim()
 
 
 def _bound(key: str, default: Any) -> Any:
@@ -479,7 +481,12 @@ def _run_command(args: argparse.Namespace, accelerators: list[Accelerator]) -> i
         set_run_root(folder.path)
     except REFUSALS as exc:
         return _refusal(exc)
+    return _execute_and_report(spec, folder, accelerator, stem)
 
+
+def _execute_and_report(spec: RunSpec, folder: RunFolder, accelerator: Accelerator, stem: str) -> int:
+    """Run the experiment in its started folder; print where its outputs are and its summary (main rank).
+    The exit code is 0 done, 2 refused, 1 failed, 130 / 143 interrupted (the folder is unlocked in every case)."""
     accelerator.barrier()
     start = time.time()
     try:

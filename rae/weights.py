@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from rae.train.checkpoint import UnreadableFile, load, unreadable_reason
+from rae.io import UnreadableFile, load, unreadable_reason
 
 # Training checkpoints wrap the weights; the EMA copy is the one meant for use.
 WRAPPERS = ("ema", "model")

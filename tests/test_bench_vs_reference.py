@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import torch
 
 from rae.accelerator import make_accelerator
 from rae.bench.cli import main as bench_main
+from rae.bench.heap import keep_freed_memory
 from rae.bench.interleave import interleave, ratios
 from rae.bench.max_batch import largest_batch, train_batch_fits
 from rae.bench.models import load_config
@@ -183,15 +185,37 @@ def _record(out: str) -> dict:
 def test_rounds_alternate_their_order_and_ratios_are_per_round():
     order = []
     steps = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    seconds = interleave(steps, rounds=3, calls=2, warmup=1, device=torch.device("cpu"))
+    timed = interleave(steps, rounds=3, calls=2, warmup=1, device=torch.device("cpu"))
     assert order == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["b"] * 2 + ["a"] * 2 + ["a"] * 2 + ["b"] * 2
-    assert {k: len(v) for k, v in seconds.items()} == {"a": 3, "b": 3}
+    for per_side in (timed.seconds, timed.cpu_seconds, timed.page_faults):
+        assert {k: len(v) for k, v in per_side.items()} == {"a": 3, "b": 3}
+    order.clear()
+    interleave(steps, rounds=1, calls=1, warmup=2, device=torch.device("cpu"))
+    assert order == ["a", "b", "b", "a", "a", "b"]  # the warm-up alternates as the rounds do
     stats = ratios({"ref": [2.0, 3.0, 4.0], "ours": [1.0, 1.0, 4.0]}, "ref")["ours"]
     assert (stats.median, stats.low, stats.high, stats.rounds) == (2.0, 1.0, 3.0, 3)
     with pytest.raises(ValueError, match="baseline"):
         ratios({"ours": [1.0]}, "ref")
     with pytest.raises(ValueError, match="rounds >= 1"):
         interleave(steps, rounds=0, calls=1, warmup=0, device=torch.device("cpu"))
+
+
+def _faults_after_freeing(mib: int) -> int:
+    """Minor page faults while ``mib`` MiB are allocated and written right after 64 MiB were freed."""
+    torch.empty(64 << 18).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(mib << 18).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_kept_heap_reuses_freed_memory_without_page_faults():
+    pages = (48 << 20) // 4096
+    with keep_freed_memory() as kept:
+        if not kept:
+            pytest.skip("the C library is not glibc: mallopt is not there to ask")
+        assert _faults_after_freeing(48) < pages // 20
+    # glibc's settings again: 48 MiB (above its largest mmap threshold, 32 MiB) are mapped afresh, page by page
+    assert _faults_after_freeing(48) > pages // 2
 
 
 def test_sides_sizes_and_agreement_are_checked():
@@ -229,6 +253,9 @@ def test_side_by_side_against_a_stand_in_checkout(standin, capsys):
         assert m["ratios"]["ours"]["low"] <= m["ratios"]["ours"]["median"] <= m["ratios"]["ours"]["high"]
         assert all(v > 0 for v in m["images_per_s"].values())
         assert m["agreement"] < 1e-5  # same weights, same function
+        assert set(m["cpu_ratios"]) == {"ours"} and all(len(v) == 2 for v in m["cpu_seconds"].values())
+        assert all(len(v) == 2 for v in m["page_faults"].values())
+    assert record["malloc"] in ("keep", "default (not glibc)")
     evaluations = 4 - 1
     counts = {k: results[k]["network_images_per_sample"] for k in ("sample_cfg", "sample_cfg_interval", "sample_ag")}
     # CFG over [0, 1]: both run the doubled batch at every step
@@ -260,6 +287,7 @@ def test_ours_alone_needs_no_checkout(capsys):
     (["--what", "train"], "needs --reference"),
     (["--sides", "ours", "--what", "everything"], "--what 'everything'"),
     (["--sides", "ours", "--precision", "fp8"], "--precision 'fp8'"),
+    (["--sides", "ours", "--malloc", "jemalloc"], "--malloc 'jemalloc'"),
     (["--sides", "ours", "--rounds", "0"], "--rounds 0"),
     (["--sides", "ours", "--size", "huge"], "--size 'huge'"),
 ])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from rae.train.checkpoint import Checkpointer, atomic_save, load
+from rae.io import atomic_save, load
+from rae.train.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -83,7 +83,7 @@ def test_a_save_sets_aside_a_checkpoint_that_did_not_load_instead_of_writing_ove
 def test_killed_run_whose_checkpoints_are_all_truncated_refuses_to_restart_and_keeps_them(tmp_path, capsys):
     gin_file = light_stage2_gin(tmp_path, tiny_cache(tmp_path / "cache"))
     args = ["--gin", str(gin_file), "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'",
-            "--gin_param", "stage2.total_steps = 100000", "--gin_param", "stage2.checkpoint_every = 1",
+            "--gin_param", "stage2.total_steps = 100000", "--gin_param", "optim.checkpoint_every = 1",
             "--gin_param", "stage2.log_every = 1", "--gin_param", "stage2.keep_checkpoints = 3"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "run.py"), *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

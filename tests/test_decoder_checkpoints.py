@@ -77,7 +77,7 @@ def test_an_unreadable_decoder_file_is_named(tmp_path, content):
 def test_our_stage1_checkpoints_and_decoder_ema_load_as_the_same_decoder(tmp_path):
     bindings = ["stage1.lpips = None", "stage1.lpips_weight = 0.0", "stage1.discriminator = None",
                 "stage1.disc_weight = 0.0", "stage1.diffaug = None", "stage1.total_steps = 2",
-                "stage1.checkpoint_every = 2", "stage1.grid_every = 100", "embedded.size = 16"]
+                "optim.checkpoint_every = 2", "stage1.grid_every = 100", "embedded.size = 16"]
     args = ["--gin", str(ROOT / "experiments" / "stage1_tiny.gin"), "--gin_param", f"run.run_root = '{tmp_path}'"]
     assert main(args + [a for b in bindings for a in ("--gin_param", b)]) == 0
     run = next((tmp_path / "stage1_tiny").iterdir())

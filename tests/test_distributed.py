@@ -41,7 +41,7 @@ def run(command: list[str], run_root: Path, extra_env: dict[str, str] | None = N
     """stage2_tiny for 4 steps, logging every step, checkpoints at 2 and 4, no grids (unless rebound)."""
     return launch(command, "experiments/stage2_tiny.gin",
                   [f"run.run_root = '{run_root}'", "stage2.total_steps = 4", "stage2.log_every = 1",
-                   "stage2.checkpoint_every = 2", "stage2.sample_every = 0", "embedded.size = 16", *bindings],
+                   "optim.checkpoint_every = 2", "stage2.sample_every = 0", "embedded.size = 16", *bindings],
                   extra_env)
 
 
@@ -106,7 +106,7 @@ def one_and_two_ranks(tmp_path: Path, config: str, bindings: list[str]) -> tuple
 def test_two_gloo_ranks_train_the_stage1_decoder_and_discriminator_as_one_process(tmp_path):
     # L1, LPIPS, the GAN generator loss with its adaptive weight and the discriminator, from step 1
     bindings = ["stage1.disc_start_epoch = 0", "stage1.gan_start_epoch = 0", "embedded.size = 16",
-                "stage1.total_steps = 2", "stage1.log_every = 1", "stage1.checkpoint_every = 2",
+                "stage1.total_steps = 2", "stage1.log_every = 1", "optim.checkpoint_every = 2",
                 "stage1.grid_every = 0"]
     state_one, state_two = one_and_two_ranks(tmp_path, "stage1_tiny", bindings)
     assert state_one["data"] == state_two["data"]
@@ -161,7 +161,7 @@ def test_fsdp2_stage2_trains_as_one_process_and_resumes_from_its_whole_state_che
 @pytest.mark.slow
 def test_fsdp2_repa_shards_nested_encoder_layers_and_trains_as_one_process(tmp_path):
     # REPA's target encoders are a list of encoders, each with its list of layers: nested shard units
-    bindings = ["stage2.total_steps = 2", "stage2.log_every = 1", "stage2.checkpoint_every = 2",
+    bindings = ["stage2.total_steps = 2", "stage2.log_every = 1", "optim.checkpoint_every = 2",
                 "stage2.sample_every = 0", "embedded.size = 16", "stage2.parallel = 'fsdp'"]
     state_one, state_two = one_and_two_ranks(tmp_path, "repa_tiny", bindings)
     for name in ("backbone", "alignment", "ema"):  # the alignment: the projectors only, whole

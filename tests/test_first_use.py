@@ -107,7 +107,7 @@ def test_stage1_without_lpips_and_gan_neither_announces_them_nor_logs_zeros(tmp_
     args = ["--gin", str(ROOT / "experiments" / "stage1_tiny.gin"), "--gin_param", f"run.run_root = '{tmp_path}'"]
     for binding in ("stage1.lpips = None", "stage1.lpips_weight = 0.0", "stage1.discriminator = None",
                     "stage1.disc_weight = 0.0", "stage1.diffaug = None", "embedded.size = 8", "stage1.total_steps = 2",
-                    "stage1.log_every = 1", "stage1.grid_every = 0", "stage1.checkpoint_every = 2"):
+                    "stage1.log_every = 1", "stage1.grid_every = 0", "optim.checkpoint_every = 2"):
         args += ["--gin_param", binding]
     with caplog.at_level(logging.INFO):  # the root's level: the runner leaves the "rae" logger's unset
         assert main(args) == 0

@@ -3,6 +3,7 @@ ADM's Inception metrics only with real Inception weights, never from a random In
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import logging
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from aim import Repo
 
 from rae.data.embedded import EmbeddedDataset
-from rae.experiments.classifier import TrainClassifier
+from rae.experiments.classifier import CLASSIFIER_OPTIM, TrainClassifier
 from rae.experiments.image_store import to_uint8
 from rae.metrics.classifier import EmbeddedClassifier, Judgement, ShapeSwaps, class_scores, classifier_frechet
 from rae.metrics.inception import WEIGHTS_FILE
@@ -73,7 +74,8 @@ def test_classifier_frechet_has_a_floor_from_two_real_halves():
 def test_the_classifier_stage_learns_colour_fast_and_writes_loadable_weights(tmp_path):
     held_out = EmbeddedDataset(size=100, resolution=32, seed=1, in_memory=True)
     stage = TrainClassifier(EmbeddedClassifier(width=8), EmbeddedDataset(size=2000, resolution=32), held_out,
-                            batch_size=32, total_steps=60, warmup_steps=5, log_every=20, checkpoint_every=60)
+                            batch_size=32, total_steps=60, log_every=20,
+                            optim=replace(CLASSIFIER_OPTIM, warmup_steps=5, checkpoint_every=60))
     recorder = Recorder()
     summary = run_experiment(stage, tmp_path, recorder)
     assert summary["real_colour_accuracy"] > 0.5 and "real_class_accuracy" in recorder.scalars

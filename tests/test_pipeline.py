@@ -68,7 +68,8 @@ stage2.batch_size = 4
 stage2.total_steps = 3
 stage2.num_workers = 0
 stage2.log_every = 1
-stage2.checkpoint_every = 3
+stage2.optim = @optim()
+optim.checkpoint_every = 3
 stage2.sample_every = 3
 stage2.sample_steps = 2
 """
@@ -141,7 +142,7 @@ def test_run_files_resolve_only_inside_a_run(tmp_path):
 
 
 def test_a_stage_config_error_stops_the_pipeline_before_its_run_folder(tmp_path, capsys):
-    rc, _ = run_pipeline(tmp_path, "--gin_param", "stage2.ema_decay = 1.5")
+    rc, _ = run_pipeline(tmp_path, "--gin_param", "optim.ema_decay = 1.5")
     err = capsys.readouterr().err
     assert rc == 2 and "pipeline stage 'train'" in err and "ema_decay" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "pipe").exists()

@@ -3,13 +3,14 @@ frozen and loaded by every later stage from the file the pretraining writes."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 
 from rae.data.embedded import EmbeddedDataset
 from rae.encoders.tiny_vit import TinyViT
-from rae.experiments.pretrain_encoder import PretrainEncoder, masked_pixels
+from rae.experiments.pretrain_encoder import MAE_OPTIM, PretrainEncoder, masked_pixels
 from rae.weights import WeightsNotFound
 from test_latent_cache import Recorder, run_experiment
 
@@ -42,8 +43,8 @@ def test_masked_pixels_cover_exactly_the_hidden_patches():
 def test_mae_pretraining_lowers_the_masked_loss_and_writes_the_encoder_later_stages_load(tmp_path):
     encoder = TinyViT(input_size=16, patch_size=4, hidden_size=16, depth=2, num_heads=2)
     stage = PretrainEncoder(encoder, EmbeddedDataset(size=64, resolution=16), predictor_width=16, predictor_heads=2,
-                            batch_size=16, total_steps=40, lr=3e-3, warmup_steps=2, log_every=10,
-                            checkpoint_every=40, grid_size=4)
+                            batch_size=16, total_steps=40, log_every=10, grid_size=4,
+                            optim=replace(MAE_OPTIM, lr=3e-3, warmup_steps=2, checkpoint_every=40))
     recorder = Recorder()
     summary = run_experiment(stage, tmp_path, recorder)
     losses = recorder.scalars["loss"]
@@ -70,3 +71,7 @@ def test_pretraining_refuses_settings_that_cannot_work():
         stage.check(world_size=1)
     with pytest.raises(ValueError, match="one process"):
         PretrainEncoder(TinyViT(input_size=16, patch_size=4, hidden_size=16), data).check(world_size=2)
+    stage = PretrainEncoder(TinyViT(input_size=16, patch_size=4, hidden_size=16), data,
+                            optim=replace(MAE_OPTIM, lr=-1.0))
+    with pytest.raises(ValueError, match=r"pretrain_encoder\.optim\.lr = -1\.0"):
+        stage.check(world_size=1)

@@ -21,10 +21,10 @@ INCEPTION_KEYS = {"fid", "sfid", "inception_score", "precision", "recall"}
 # Every stage shorter, on fewer images (about two minutes on 2 CPU cores): enough for stage 2 to learn each
 # class's colour family, not yet its shape; the classifier, 150 steps short, reads colours already.
 SHORT = ["embedded.size = 500", "pretrain_encoder.total_steps = 100", "classifier.total_steps = 150",
-         "stage1.total_steps = 600", "stage1.log_every = 200", "stage1.checkpoint_every = 600",
+         "stage1.total_steps = 600", "stage1.log_every = 200", "decoder/optim.checkpoint_every = 600",
          "stage1.grid_every = 600", "cache_latents.shard_size = 250", "stage2.total_steps = 1000",
-         "stage2.lr_schedule = 'constant'", "stage2.log_every = 250",
-         "stage2.checkpoint_every = 1000", "stage2.sample_every = 1000", "sample.num_samples = 100",
+         "backbone/optim.lr_schedule = 'constant'", "stage2.log_every = 250",
+         "backbone/optim.checkpoint_every = 1000", "stage2.sample_every = 1000", "sample.num_samples = 100",
          "sample.grid_size = 50", "sample.grid_rows = 5", "held_out/embedded.size = 200"]
 
 

@@ -275,4 +275,4 @@ def test_experiment_configs_dry_run(config, tmp_path, capsys):
                      "stage2.autocast_encode = False", "sd_vae.scaling_factor = 0.18215"):
             assert line in out, line
     if config == "repa_ditdh_xl":  # RAE's released stage-2 recipe
-        assert "stage2.warmup_mode = 'constant'" in out and "run.precision = 'fp32'" in out
+        assert "optim.warmup_mode = 'constant'" in out and "run.precision = 'fp32'" in out

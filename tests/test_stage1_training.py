@@ -10,17 +10,18 @@ import torch
 import rae.runner as runner
 from rae.encoders.tokens import tokens_to_latent
 from rae.experiments.stage1 import Stage1
+from rae.io import load
 from rae.losses import DinoDiscriminator
 from rae.runner import main
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import Checkpointer, load
+from rae.train.checkpoint import Checkpointer
 from rae.train.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "experiments" / "stage1_tiny.gin"
 # LPIPS and the GAN (generator and discriminator) active from the first step
 ALL_LOSSES = ["stage1.disc_start_epoch = 0", "stage1.gan_start_epoch = 0", "embedded.size = 16",
-              "stage1.checkpoint_every = 1", "stage1.log_every = 1", "stage1.grid_every = 100"]
+              "optim.checkpoint_every = 1", "stage1.log_every = 1", "stage1.grid_every = 100"]
 
 
 def train(root: Path, *bindings: str) -> dict:
@@ -62,7 +63,7 @@ def test_a_tiny_run_lowers_the_l1_loss(tmp_path, capsys):
             "--gin_param", "stage1.lpips_weight = 0.0", "--gin_param", "stage1.discriminator = None",
             "--gin_param", "stage1.disc_weight = 0.0", "--gin_param", "stage1.diffaug = None",
             "--gin_param", "stage1.total_steps = 150", "--gin_param", "stage1.log_every = 10",
-            "--gin_param", "stage1.grid_every = 150", "--gin_param", "stage1.checkpoint_every = 150"]
+            "--gin_param", "stage1.grid_every = 150", "--gin_param", "optim.checkpoint_every = 150"]
     from rae.tracking.tracker import Tracker
 
     class Recorder(Tracker):
@@ -152,7 +153,7 @@ def test_d_lr_schedule_counts_d_updates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "AimTracker", Recorder)
     state = train(tmp_path, "stage1.total_steps = 10", "stage1.log_every = 1", "stage1.grid_every = 100",
-                  "stage1.checkpoint_every = 10", "stage1.gan_start_epoch = 100")
+                  "optim.checkpoint_every = 10", "stage1.gan_start_epoch = 100")
     disc_lr = recorded["disc_lr"]
     assert sorted(disc_lr) == [9, 10]  # logged after steps 9 and 10 (0-based steps 8 and 9)
     assert disc_lr[9] == 1e-3 * lr_factor(0, "cosine", 4, 10, 0.1) == 2.5e-4

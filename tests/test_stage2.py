@@ -60,7 +60,7 @@ def test_four_micro_batches_of_two_step_exactly_as_one_batch_of_eight(tmp_path, 
     runs = {}
     for micro in ("2", "None"):
         bindings = tiny(tiny_dinov2_registers_dir, "stage2.batch_size = 8", f"stage2.micro_batch_size = {micro}",
-                        "stage2.total_steps = 3", "stage2.lr = 1e-2", "stage2.grad_clip = 0.5")
+                        "stage2.total_steps = 3", "optim.lr = 1e-2", "optim.grad_clip = 0.5")
         runs[micro] = train(tmp_path / micro, bindings)
     (split, _, split_log, initial), (whole, _, whole_log, _) = runs["2"], runs["None"]
     for name in ("loss", "grad_norm"):  # the pre-clip norm is scale-sensitive where Adam's step is not
@@ -77,7 +77,7 @@ def test_rerunning_after_a_crash_gives_the_losses_and_weights_of_an_uninterrupte
                                                                                      tiny_dinov2_registers_dir):
     # 24 images in batches of 8: 3 steps per epoch, so the run crosses epochs; checkpoints at 3 and 6.
     bindings = tiny(tiny_dinov2_registers_dir, "embedded.size = 24", "stage2.total_steps = 7",
-                    "stage2.checkpoint_every = 3")
+                    "optim.checkpoint_every = 3")
     _, _, full, _ = train(tmp_path / "full", bindings)
     with pytest.raises(Interrupted):
         train(tmp_path / "resumed", bindings, CrashingRecorder(crash_at=5))
@@ -170,9 +170,9 @@ def test_label_dropout_is_drawn_per_batch_and_not_again_in_the_forward_pass(tiny
 @pytest.mark.parametrize("mode, expected", [("constant", [2e-4, 2e-4, 2e-4, 1.1e-4]),
                                             ("linear", [2e-4 * 2 / 3, 2e-4, 2e-4, 1.1e-4])])
 def test_the_warmup_mode_shapes_the_logged_lr(tmp_path, tiny_dinov2_registers_dir, mode, expected):
-    bindings = tiny(tiny_dinov2_registers_dir, "stage2.total_steps = 4", "stage2.lr = 2e-4",
-                    "stage2.lr_schedule = 'linear'", "stage2.warmup_steps = 3", "stage2.decay_end_step = 5",
-                    "stage2.final_lr = 2e-5", f"stage2.warmup_mode = '{mode}'")
+    bindings = tiny(tiny_dinov2_registers_dir, "stage2.total_steps = 4", "optim.lr = 2e-4",
+                    "optim.lr_schedule = 'linear'", "optim.warmup_steps = 3", "optim.decay_end_step = 5",
+                    "optim.final_lr = 2e-5", f"optim.warmup_mode = '{mode}'")
     _, _, log, _ = train(tmp_path, bindings)
     assert [log.scalars["lr"][s] for s in (1, 2, 3, 4)] == pytest.approx(expected)  # the lr of the next step
 
@@ -206,8 +206,8 @@ def test_images_are_encoded_in_fp32_unless_autocast_encode(autocast_encode, dtyp
     ("stage2.micro_batch_size = 3", "per-rank batch 8 .* not divisible by micro_batch_size 3"),
     ("ditdh.in_channels = 16", r"latents \(32, 4, 4\) but the backbone takes \(16, 4, 4\)"),
     ("stage2.latents = @dataset.latent_cache()", "exactly one"),
-    ("stage2.warmup_epochs = 1", "warmup in steps or in epochs, not both"),
-    ("stage2.warmup_mode = 'cosine'", "stage2.warmup_mode one of"),
+    ("optim.warmup_epochs = 1", "warmup in steps or in epochs, not both"),
+    ("optim.warmup_mode = 'cosine'", "stage2.optim.warmup_mode = 'cosine': expected one of"),
     ("stage2.sample_labels = [3, 10]", r"sample_labels \[3, 10\] must be classes of the data, 0..9"),
 ])
 def test_inconsistent_settings_fail_before_the_first_step(tmp_path, tiny_dinov2_registers_dir, binding, message):
@@ -226,8 +226,8 @@ def test_paper_configs_dry_run_offline(config, count, tmp_path, capsys):
     assert f"backbone: DiTDH, {count}" in out and "latent shape: (768, 16, 16)" in out
     assert "latent_cache.path" in out.splitlines()[-1]  # required, and never opened by the dry run
     # as released: seed 42, fp32, lr held at 2e-4 for 40 epochs then linear decay to 2e-5 at epoch 800
-    for line in ("run.seed = 42", "run.precision = 'fp32'", "stage2.warmup_mode = 'constant'",
-                 "stage2.warmup_epochs = 40", "stage2.decay_end_epoch = 800", "stage2.final_lr = 2e-05"):
+    for line in ("run.seed = 42", "run.precision = 'fp32'", "optim.warmup_mode = 'constant'",
+                 "optim.warmup_epochs = 40", "optim.decay_end_epoch = 800", "optim.final_lr = 2e-05"):
         assert line in out, line
     assert not list(tmp_path.iterdir())
 

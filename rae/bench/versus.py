@@ -3,11 +3,15 @@
 Both sides are built with the same shapes and the same weights (`rae.bench.pairs`), run under the
 same autocast on the same device with the same thread count, and are timed in alternating rounds
 (`rae.bench.interleave`). A side is ``reference`` or ``ours``, optionally with ``+compile``
-(torch.compile, as each side offers it). Exit codes: 0 done, 2 bad arguments or an unusable reference checkout.
+(torch.compile, as each side offers it). On the CPU the two sides share one C heap; glibc is told
+to keep freed memory (`rae.bench.heap`), so neither side's timing depends on page faults that the
+other side's allocations caused (``--malloc default`` leaves glibc's own settings).
+Exit codes: 0 done, 2 bad arguments or an unusable reference checkout.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -22,6 +26,7 @@ from torch import nn
 from rae.accelerator import make_accelerator
 from rae.backbones.release import from_reference_config
 from rae.bench.cli import machine
+from rae.bench.heap import keep_freed_memory, release_freed_memory
 from rae.bench.interleave import interleave, ratios
 from rae.bench.pairs import Dims, Shapes, unzero, backbone_pair, check_agreement, decoder_pair, parse_dims
 from rae.bench.reference import Reference, UnusableReference, load_reference
@@ -38,6 +43,7 @@ MEASUREMENTS = BACKBONE + DECODER
 OPTIONS = {"reference": ("compile",), "ours": ("compile",)}
 AGREEMENT_LIMIT = 0.05
 FID_IMAGES = 50_000
+MALLOC = ("keep", "default")
 
 
 class VersusError(ValueError):
@@ -72,7 +78,11 @@ def parse_sides(text: str) -> list[Side]:
 
 @dataclass
 class Measurement:
-    """One measurement's timings: seconds per round and side, ratios to the baseline, images per call."""
+    """One measurement's timings: seconds per round and side, ratios to the baseline, images per call.
+
+    ``cpu_seconds`` / ``cpu_ratios`` are the same for the process's CPU time (user + system), and
+    ``page_faults`` the minor page faults per round (None where they cannot be counted).
+    """
 
     what: str
     batch_size: int
@@ -81,6 +91,9 @@ class Measurement:
     images_per_s: dict[str, float]
     network_images_per_sample: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
+    cpu_seconds: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
+    page_faults: dict[str, list[int | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -173,10 +186,11 @@ def _per_side(bases: dict[str, nn.Module], sides: list[Side], train: bool, last:
 
 
 def _free(device: torch.device) -> None:
-    """Return the memory of networks dropped between measurements."""
+    """Return the memory of networks dropped between measurements (to the OS too: glibc keeps it otherwise)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    release_freed_memory()
 
 
 def _params(net: nn.Module) -> list[nn.Parameter]:
@@ -236,14 +250,15 @@ def _measure(what: str, steps: dict[str, Step], plan: Plan, batch: int, device: 
              counts: dict[str, int] | None = None, agree: float | None = None,
              profile: Callable[[str, dict[str, Step]], None] | None = None) -> Measurement:
     print(f"versus: timing {what} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
-    seconds = interleave(steps, plan.rounds, plan.calls, plan.warmup, device)
+    timed = interleave(steps, plan.rounds, plan.calls, plan.warmup, device)
     baseline = plan.sides[0].name
-    stats = ratios(seconds, baseline)
-    ips = {name: batch * plan.calls / sorted(times)[len(times) // 2] for name, times in seconds.items()}
+    stats, cpu_stats = ratios(timed.seconds, baseline), ratios(timed.cpu_seconds, baseline)
+    ips = {name: batch * plan.calls / _median(times) for name, times in timed.seconds.items()}
     per_sample = {name: n / batch for name, n in (counts or {}).items()}
     if profile is not None:
         profile(what, steps)
-    return Measurement(what, batch, seconds, {k: asdict(v) for k, v in stats.items()}, ips, per_sample, agree)
+    return Measurement(what, batch, timed.seconds, {k: asdict(v) for k, v in stats.items()}, ips, per_sample, agree,
+                       timed.cpu_seconds, {k: asdict(v) for k, v in cpu_stats.items()}, timed.page_faults)
 
 
 def _one(what: str, plan: Plan, ref: Reference | None, acc: Any, bases: dict[str, nn.Module],
@@ -305,18 +320,29 @@ def fid_hours(results: list[Measurement]) -> dict[str, dict[str, float]]:
 
 # ---- output ----
 
+def _median(values: Sequence[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _ratio_text(r: dict[str, float] | None) -> str:
+    return f"x{r['median']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" if r else "(baseline)"
+
+
 def table(results: list[Measurement], baseline: str) -> str:
-    """One row per measurement and side: images/s, median seconds per round, ratio to the baseline."""
+    """One row per measurement and side: images/s, median wall and CPU seconds per round, their ratios to the
+    baseline, median page faults per round, network images per sample."""
     lines = [f"{'what':<20} {'side':<22} {'batch':>5} {'images/s':>10} {'s/round':>9}  "
-             f"{baseline + '/side (median [min, max])':<34} {'net img/sample':>14}"]
+             f"{baseline + '/side wall (median [min, max])':<34} {'cpu s':>7}  {'cpu time ratio':<22} "
+             f"{'faults':>8} {'net img/sample':>14}"]
     for m in results:
         for side, times in m.seconds.items():
-            r = m.ratios.get(side)
-            ratio = f"x{r['median']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" if r else "(baseline)"
             count = m.network_images_per_sample.get(side)
+            cpu = m.cpu_seconds.get(side)
+            faults = [f for f in m.page_faults.get(side, []) if f is not None]
             lines.append(f"{m.what:<20} {side:<22} {m.batch_size:>5} {m.images_per_s[side]:>10.3f} "
-                         f"{sorted(times)[len(times) // 2]:>9.3f}  {ratio:<34} "
-                         f"{'' if count is None else f'{count:.0f}':>14}")
+                         f"{_median(times):>9.3f}  {_ratio_text(m.ratios.get(side)):<34} "
+                         f"{'' if not cpu else f'{_median(cpu):.3f}':>7}  {_ratio_text(m.cpu_ratios.get(side)):<22} "
+                         f"{'' if not faults else _median(faults):>8} {'' if count is None else f'{count:.0f}':>14}")
     return "\n".join(lines)
 
 
@@ -360,11 +386,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg_scale", type=float, default=1.5)
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds")
     p.add_argument("--calls", type=int, default=1, help="calls per side per round")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (compilation happens there)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed rounds first, alternating as the timed ones (compilation and the heap settle there)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast, both sides)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS", help="after timing, profile one call per side")
+    p.add_argument("--malloc", default="keep", help="on the CPU: keep (glibc keeps freed memory, no page faults "
+                   "caused by the other side) or default (glibc's own trimming and mmap thresholds)")
     return p.parse_args(argv)
 
 
@@ -380,6 +409,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, list[str]]:
                           "github.com/bytetriper/RAE), or leave it out of --sides")
     if args.precision not in ("fp32", "bf16"):
         raise VersusError(f"--precision {args.precision!r}: must be fp32 or bf16")
+    if args.malloc not in MALLOC:
+        raise VersusError(f"--malloc {args.malloc!r}: must be one of {', '.join(MALLOC)}")
     for name, least in (("batch_size", 1), ("sample_batch_size", 1), ("decoder_batch_size", 1), ("rounds", 1),
                         ("calls", 1), ("sample_steps", 2), ("warmup", 0), ("profile", 0)):
         if getattr(args, name) < least:
@@ -413,14 +444,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     prof = profiler(acc.device, args.profile) if args.profile else None
-    results = run_measurements(plan, wanted, ref, acc, prof)
+    keep = acc.device.type == "cpu" and args.malloc == "keep"
+    with keep_freed_memory() if keep else contextlib.nullcontext(False) as kept:
+        results = run_measurements(plan, wanted, ref, acc, prof)
+    malloc = "keep" if kept else "default (not glibc)" if keep else "default"
     for m in results:
         if m.agreement is not None and m.agreement > AGREEMENT_LIMIT:
             raise RuntimeError(f"{m.what}: the two sides' outputs differ by {m.agreement:.3g} (relative): "
                                "they do not compute the same function, so their times are not comparable")
     header = {"device": str(acc.device), "precision": args.precision, "threads": torch.get_num_threads(),
               "shapes": asdict(plan.shapes), "sample_steps": plan.recipe.sample_steps, "rounds": plan.rounds,
-              "calls": plan.calls, "warmup": plan.warmup}
+              "calls": plan.calls, "warmup": plan.warmup, "malloc": malloc}
     print(" ".join(f"{k}={v}" for k, v in header.items() if k != "shapes"))
     print("shapes: " + ", ".join(f"{k}={v}" for k, v in asdict(plan.shapes).items()))
     agreements = {m.what: m.agreement for m in results if m.agreement is not None}

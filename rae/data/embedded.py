@@ -102,10 +102,7 @@ class EmbeddedDataset(torch.utils.data.Dataset):
         if size <= 0 or resolution <= 0 or num_classes <= 0:
             raise ValueError(f"embedded: size, resolution and num_classes must be positive, got "
                              f"size={size}, resolution={resolution}, num_classes={num_classes}")
-        self.size = size
-        self.resolution = resolution
-        self.num_classes = num_classes
-        self.seed = seed
+        self.size, self.resolution, self.num_classes, self.seed = size, resolution, num_classes, seed
         self.in_memory = in_memory
         self._rendered: Tensor | None = None
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rae.registry import DATASETS
-from rae.train.checkpoint import UnreadableFile, atomic_save, load
+from rae.io import UnreadableFile, atomic_save, load
 
 INDEX_FILE = "index.json"
 FORMAT = 1

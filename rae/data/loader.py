@@ -35,12 +35,8 @@ class ResumableSampler(Sampler[int]):
             raise ValueError(f"ResumableSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if drop_last and dataset_len < world_size:
             raise ValueError(f"ResumableSampler: {dataset_len} samples cannot fill {world_size} ranks with drop_last")
-        self.dataset_len = dataset_len
-        self.seed = seed
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
+        self.dataset_len, self.seed, self.shuffle = dataset_len, seed, shuffle
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         used = dataset_len - dataset_len % world_size if drop_last else dataset_len
         self.num_samples = len(range(rank, used, world_size))
         self._used = used

@@ -1,31 +1,16 @@
-"""What every experiment offers the runner, and what the runner hands every experiment."""
+"""What every experiment offers the runner; `RunContext` (`rae.run_context`), what the runner hands it."""
 from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from rae.accelerator import Accelerator
-from rae.tracking.tracker import Tracker
+from rae.run_context import RunContext
 from rae.train.rng import seed_rngs
 from rae.weights import load_pretrained_weights
-
-
-@dataclass
-class RunContext:
-    """Everything an experiment needs from outside its own config."""
-
-    accelerator: Accelerator
-    tracker: Tracker
-    run_dir: Path
-    seed: int = 0
-    allow_random_weights: bool = False
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("rae"))
 
 
 class Experiment(abc.ABC):
@@ -86,33 +71,6 @@ def check_positive(owner: str, **values: int | float | None) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
             raise ValueError(f"{owner}.{name} = {value!r}: expected a positive number")
-
-
-def check_training(owner: str, world_size: int, exp: Any) -> None:
-    """The config checks every training experiment shares (batch split over ranks and micro-batches,
-    durations, optimiser and EMA settings, cadences), raising ValueError naming ``owner.<field>``."""
-    if exp.batch_size % world_size:
-        raise ValueError(f"{owner}.batch_size {exp.batch_size} is not divisible by the {world_size} ranks")
-    per_rank = exp.batch_size // world_size
-    if exp.micro_batch_size is not None and per_rank % exp.micro_batch_size:
-        raise ValueError(f"{owner}.micro_batch_size {exp.micro_batch_size} does not divide the per-rank batch "
-                         f"{per_rank} ({owner}.batch_size {exp.batch_size} / {world_size} ranks)")
-    size = configured_size(exp.dataset)
-    if size is not None and size < exp.batch_size:
-        raise ValueError(f"{owner}.batch_size {exp.batch_size} is larger than the dataset ({size} samples, "
-                         f"its size binding): one global batch must fit in it")
-    (steps, epochs), (warmup, warmup_epochs), (every, every_epochs) = exp.total, exp.warmup, exp.checkpoint_every
-    check_positive(owner, total_steps=steps, total_epochs=epochs, checkpoint_every=every,
-                   checkpoint_every_epochs=every_epochs, lr=exp.lr, adam_eps=exp.adam_eps,
-                   log_every=exp.log_every, keep_checkpoints=exp.keep_checkpoints, grad_clip=exp.grad_clip)
-    for name, value in (("warmup_steps", warmup), ("warmup_epochs", warmup_epochs), ("final_lr", exp.final_lr),
-                        ("weight_decay", exp.weight_decay), ("num_workers", exp.num_workers)):
-        if value is not None and value < 0:
-            raise ValueError(f"{owner}.{name} = {value!r}: expected a number >= 0")
-    if not 0 <= exp.ema_decay <= 1:
-        raise ValueError(f"{owner}.ema_decay = {exp.ema_decay!r}: expected a decay in [0, 1] (e.g. 0.9999)")
-    if len(exp.betas) != 2 or not all(0 <= b < 1 for b in exp.betas):
-        raise ValueError(f"{owner}.betas = {exp.betas!r}: expected two AdamW betas in [0, 1)")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -66,15 +66,9 @@ class CacheLatents(AutoencoderExperiment):
             raise ValueError(f"cache_latents.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if max_shards is not None and max_shards < 1:
             raise ValueError(f"cache_latents.max_shards must be positive or None, got {max_shards}")
-        self.autoencoder = autoencoder
-        self.dataset = dataset
-        self.path = path
-        self.shard_size = shard_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.dtype = dtype
-        self.flip = flip
-        self.max_shards = max_shards
+        self.autoencoder, self.dataset, self.path = autoencoder, dataset, path
+        self.shard_size, self.max_shards, self.dtype, self.flip = shard_size, max_shards, dtype, flip
+        self.batch_size, self.num_workers = batch_size, num_workers
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator

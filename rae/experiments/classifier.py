@@ -13,8 +13,11 @@ from rae.experiments.base import RunContext
 from rae.experiments.small_training import SmallTraining
 from rae.metrics.classifier import EmbeddedClassifier, ShapeSwaps, class_scores, judge
 from rae.registry import EXPERIMENTS
+from rae.train.options import OptimOptions
 
 CLASSIFIER_FILE = "classifier.pt"
+CLASSIFIER_OPTIM = OptimOptions(lr=3e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_steps=20, final_lr=1e-4,
+                                grad_clip=None, checkpoint_every=300)
 
 
 @EXPERIMENTS.register("classifier")
@@ -28,8 +31,8 @@ class TrainClassifier(SmallTraining):
         can be trusted).
       swap: share of training images whose shape is drawn uniformly at random (their colour stays their
         class's); 1, the default, makes shape and colour independent, so neither head can read the other.
-      batch_size, total_steps, lr, weight_decay, warmup_steps, final_lr, lr_schedule, log_every,
-        checkpoint_every, num_workers: as `pretrain_encoder`.
+      batch_size, total_steps, optim (default ``CLASSIFIER_OPTIM``), log_every, num_workers: as
+        `pretrain_encoder`.
     """
 
     kind = "classifier"
@@ -43,13 +46,8 @@ class TrainClassifier(SmallTraining):
         swap: float = 1.0,
         batch_size: int = 64,
         total_steps: int = 600,
-        lr: float = 3e-3,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 20,
-        final_lr: float | None = 1e-4,
-        lr_schedule: str = "cosine",
+        optim: OptimOptions | None = None,
         log_every: int = 50,
-        checkpoint_every: int = 300,
         num_workers: int = 0,
     ) -> None:
         if not isinstance(dataset, EmbeddedDataset):
@@ -58,8 +56,8 @@ class TrainClassifier(SmallTraining):
         if dataset.num_classes != classifier.num_classes:
             raise ValueError(f"classifier: the dataset has {dataset.num_classes} classes, the classifier "
                              f"{classifier.num_classes} (embedded_classifier.num_classes)")
-        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, lr, weight_decay, warmup_steps, final_lr,
-                         lr_schedule, log_every, checkpoint_every, num_workers)
+        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, optim or CLASSIFIER_OPTIM, log_every,
+                         num_workers)
         self.classifier = classifier
         self.held_out = held_out
 

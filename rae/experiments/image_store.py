@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from rae.train.checkpoint import atomic_write
+from rae.io import atomic_write
 
 _NAME = re.compile(r"^(\d{6,})\.png$")
 _LABEL_KEY = "label"

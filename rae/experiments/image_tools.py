@@ -23,7 +23,7 @@ from rae.experiments.image_store import check_quantize, save_grid, to_uint8
 from rae.hub import resolve
 from rae.metrics.pixel import psnr
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import UnreadableFile, atomic_write
+from rae.io import UnreadableFile, atomic_write
 
 PACK_EXTENSIONS = (".png", ".jpg", ".jpeg")  # pack_images.py's img_suffix, matched case-insensitively
 # What PIL raises on files it cannot decode (as rae/data/image_folder.py lists them).

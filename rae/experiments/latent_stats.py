@@ -22,7 +22,7 @@ from rae.experiments.base import Experiment, RunContext
 from rae.moments import RunningMoments
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import atomic_save
+from rae.io import atomic_save
 
 
 @EXPERIMENTS.register("latent_stats")
@@ -44,14 +44,9 @@ class LatentStats(Experiment):
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"latent_stats.batch_size must be positive, got {batch_size}")
-        self.encoder = encoder
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.max_images = max_images
-        self.output = output
-        self.log_every = log_every
-        self.per_channel = per_channel
+        self.encoder, self.dataset, self.max_images = encoder, dataset, max_images
+        self.batch_size, self.num_workers, self.log_every = batch_size, num_workers, log_every
+        self.output, self.per_channel = output, per_channel
 
     def models(self) -> dict[str, torch.nn.Module]:
         return {"encoder": self.encoder}

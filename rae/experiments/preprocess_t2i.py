@@ -36,7 +36,7 @@ from rae.data.latent_cache import autoencoder_identity, fingerprint
 from rae.encoders.clip_text import CLIPTextEncoder
 from rae.experiments.base import Experiment, RunContext
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import atomic_write
+from rae.io import atomic_write
 
 MANIFEST_FILE = "preprocess_t2i.json"
 

@@ -22,8 +22,11 @@ from rae.experiments.small_training import SmallTraining
 from rae.nn.patch import unpatchify
 from rae.nn.position import sincos_2d_position_embedding
 from rae.registry import EXPERIMENTS
+from rae.train.options import OptimOptions
 
 ENCODER_FILE = "encoder.pt"
+MAE_OPTIM = OptimOptions(lr=2e-3, weight_decay=0.05, lr_schedule="cosine", warmup_steps=25, final_lr=1e-4,
+                         grad_clip=None, checkpoint_every=250)
 
 
 class MaskedPatchPredictor(nn.Module):
@@ -80,8 +83,8 @@ class PretrainEncoder(SmallTraining):
       dataset: images in [0, 1] at the encoder's input size.
       mask_ratio: share of patches hidden per image (MAE: 0.75).
       predictor_width, predictor_depth, predictor_heads: the size of the pixel predictor.
-      batch_size, total_steps, lr, weight_decay, warmup_steps, final_lr, lr_schedule: AdamW (betas
-        0.9, 0.95, as MAE) and its schedule; log_every, checkpoint_every, num_workers: as stage 1.
+      batch_size, total_steps: the training's length; optim: AdamW and its schedule (`OptimOptions`;
+        default ``MAE_OPTIM``, betas 0.9, 0.95 as MAE); log_every, num_workers: as stage 1.
       grid_size: images logged at the end as originals, masked inputs and predictions.
     """
 
@@ -98,18 +101,12 @@ class PretrainEncoder(SmallTraining):
         predictor_heads: int = 4,
         batch_size: int = 64,
         total_steps: int = 500,
-        lr: float = 2e-3,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 25,
-        final_lr: float | None = 1e-4,
-        lr_schedule: str = "cosine",
+        optim: OptimOptions | None = None,
         log_every: int = 50,
-        checkpoint_every: int = 250,
         num_workers: int = 0,
         grid_size: int = 8,
     ) -> None:
-        super().__init__(dataset, batch_size, total_steps, lr, weight_decay, warmup_steps, final_lr, lr_schedule,
-                         log_every, checkpoint_every, num_workers)
+        super().__init__(dataset, batch_size, total_steps, optim or MAE_OPTIM, log_every, num_workers)
         if not isinstance(encoder, TinyViT):
             raise ValueError(f"pretrain_encoder.encoder must be @encoder.tiny_vit(), got {type(encoder).__name__}")
         if dataset.resolution != encoder.input_size:

@@ -27,7 +27,7 @@ from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, 
 from rae.metrics.pixel import psnr, ssim
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
-from rae.train.checkpoint import atomic_write
+from rae.io import atomic_write
 
 RECONSTRUCTIONS_DIR = "reconstructions"
 REFERENCES_DIR = "references"
@@ -73,14 +73,9 @@ class Reconstruct(AutoencoderExperiment):
         if batch_size < 1 or grid_size < 0 or num_workers < 0 or log_every < 1:
             raise ValueError(f"reconstruct: batch_size {batch_size} and log_every {log_every} must be positive, "
                              f"grid_size {grid_size} and num_workers {num_workers} >= 0")
-        self.autoencoder = autoencoder
-        self.dataset = dataset
-        self.num_images = num_images
-        self.batch_size = batch_size
-        self.grid_size = grid_size
-        self.split = split
-        self.num_workers = num_workers
-        self.log_every = log_every
+        self.autoencoder, self.dataset, self.split = autoencoder, dataset, split
+        self.num_images, self.batch_size, self.num_workers = num_images, batch_size, num_workers
+        self.grid_size, self.log_every = grid_size, log_every
         self.quantize = check_quantize(quantize, "reconstruct.quantize")
 
     # ---- reconstruction ----

@@ -117,22 +117,13 @@ class Sample(Experiment):
         if tuple(autoencoder.latent_shape) != tuple(backbone.latent_shape):
             raise ValueError(f"the autoencoder's latents {tuple(autoencoder.latent_shape)} differ from the "
                              f"backbone's {tuple(backbone.latent_shape)}: set the backbone's in_channels / input_size")
-        self.backbone = backbone
-        self.autoencoder = autoencoder
-        self.transport = transport
-        self.sampler = sampler
-        self.guidance = guidance
-        self.weights_path = weights_path
-        self.num_samples = num_samples
-        self.num_classes = classes
-        self.labels = labels
-        self.captions = captions
-        self.prefer = prefer
-        self.batch_size = batch_size
-        self.grid_size = min(grid_size, num_samples)
-        self.grid_rows = grid_rows
+        self.backbone, self.autoencoder, self.transport = backbone, autoencoder, transport
+        self.sampler, self.guidance = sampler, guidance
+        self.weights_path, self.prefer = weights_path, prefer
+        self.num_samples, self.num_classes, self.labels, self.captions = num_samples, classes, labels, captions
+        self.batch_size, self.log_every = batch_size, log_every
+        self.grid_size, self.grid_rows = min(grid_size, num_samples), grid_rows
         self.grid_by_class = grid_by_class
-        self.log_every = log_every
         self.quantize = check_quantize(quantize, "sample.quantize")
 
     # ---- what the runner asks ----

@@ -1,5 +1,6 @@
 """The training loop of the quickstart's helper stages (the encoder's pretraining, the judging classifier):
-one trainable module, AdamW with warmup and decay, resumable through `TrainingSession`, on one rank."""
+one trainable module, AdamW and its schedule from an `OptimOptions`, resumable through `TrainingSession`,
+on one rank."""
 from __future__ import annotations
 
 import abc
@@ -10,9 +11,9 @@ import torch
 from torch import nn
 
 from rae.experiments.base import Experiment, RunContext, check_positive, configured_size
-from rae.train.checkpoint import atomic_save
+from rae.io import atomic_save
 from rae.train.data_stream import DataStream, to_device
-from rae.train.optim import make_adamw, make_scheduler
+from rae.train.options import OptimOptions
 from rae.train.session import TrainingSession
 from rae.train.step import optimizer_step
 
@@ -26,22 +27,11 @@ class SmallTraining(Experiment):
 
     output: str = "weights.pt"
 
-    def __init__(self, dataset: Any, batch_size: int, total_steps: int, lr: float, weight_decay: float,
-                 warmup_steps: int, final_lr: float | None, lr_schedule: str, log_every: int,
-                 checkpoint_every: int, num_workers: int) -> None:
-        check_positive(self.kind, batch_size=batch_size, total_steps=total_steps, lr=lr, log_every=log_every,
-                       checkpoint_every=checkpoint_every)
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.total_steps = total_steps
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_steps = warmup_steps
-        self.final_lr = final_lr
-        self.lr_schedule = lr_schedule
-        self.log_every = log_every
-        self.checkpoint_every = checkpoint_every
-        self.num_workers = num_workers
+    def __init__(self, dataset: Any, batch_size: int, total_steps: int, optim: OptimOptions, log_every: int,
+                 num_workers: int) -> None:
+        check_positive(self.kind, batch_size=batch_size, total_steps=total_steps, log_every=log_every)
+        self.dataset, self.batch_size, self.total_steps = dataset, batch_size, total_steps
+        self.optim, self.log_every, self.num_workers = optim, log_every, num_workers
 
     @abc.abstractmethod
     def trainable(self) -> nn.Module:
@@ -68,18 +58,18 @@ class SmallTraining(Experiment):
         size = configured_size(self.dataset)
         if size is not None and size < self.batch_size:
             raise ValueError(f"{self.kind}.batch_size {self.batch_size} is larger than the dataset ({size} images)")
-        if self.warmup_steps < 0 or (self.final_lr is not None and self.final_lr < 0):
-            raise ValueError(f"{self.kind}: warmup_steps {self.warmup_steps} and final_lr {self.final_lr} must be >= 0")
+        self.optim.check(f"{self.kind}.optim")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         acc = ctx.accelerator
         module = self.trainable().to(acc.device).requires_grad_(True)
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = make_adamw(params, self.lr, (0.9, 0.95), self.weight_decay)
-        scheduler = make_scheduler(optimizer, self.lr_schedule, self.warmup_steps, self.total_steps, self.final_lr)
+        optimizer = self.optim.optimizer(params)
         stream = DataStream(self.dataset, self.batch_size, acc, seed=ctx.seed, num_workers=self.num_workers)
+        scheduler = self.optim.scheduler(optimizer, stream.batches_per_epoch, self.total_steps)
         session = TrainingSession(ctx, {"model": module, "optimizer": optimizer, "scheduler": scheduler,
-                                        "data": stream}, self.total_steps, self.log_every, self.checkpoint_every)
+                                        "data": stream}, self.total_steps, self.log_every,
+                                  self.optim.checkpoint_steps(stream.batches_per_epoch))
         session.resume()
         ctx.log.info("%s: %d steps of %d images", self.kind, self.total_steps, self.batch_size)
         while not session.done:
@@ -88,7 +78,7 @@ class SmallTraining(Experiment):
                 loss, metrics = self.loss(images, targets)
             loss.float().backward()
             metrics = {"loss": loss.detach().float(), **metrics,
-                       "grad_norm": optimizer_step(optimizer, params, clip_grad=None)}
+                       "grad_norm": optimizer_step(optimizer, params, clip_grad=self.optim.grad_clip)}
             scheduler.step()
             session.end_step(metrics, images=self.batch_size, scalars={"lr": scheduler.get_last_lr()[0]})
         module.requires_grad_(False)

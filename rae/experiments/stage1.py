@@ -37,6 +37,7 @@ DDP wrapper, so its D gradients are not averaged over ranks).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -49,19 +50,19 @@ from rae.accelerator import Accelerator
 from rae.autoencoder.rae import RAE
 from rae.data.base import LabelledImages
 from rae.encoders.tokens import tokens_to_latent
-from rae.experiments.base import Experiment, RunContext, check_training, count_parameters
-from rae.experiments.stage2 import _check_either, _pick
+from rae.experiments.base import RunContext, count_parameters
+from rae.experiments.trainer import Trainer
 from rae.losses.diffaug import DiffAugment, color, cutout, translate
 from rae.losses.discriminator import DinoDiscriminator
 from rae.losses.gan import D_LOSS_TERMS, DiscLossTerms, quantize_8bit, vanilla_g_loss
 from rae.losses.perceptual import LPIPS
 from rae.registry import EXPERIMENTS
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import atomic_save
 from rae.train.data_stream import DataStream, to_device
+from rae.train.distributed import wrap_for_training
 from rae.train.draws import StepDraws
 from rae.train.ema import EMA
-from rae.train.optim import make_adamw, make_scheduler
+from rae.train.options import OptimOptions
 from rae.train.session import TrainingSession
 from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
 from rae.weights import load_pretrained_weights
@@ -150,8 +151,40 @@ class ReconstructionGrid:
 # ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What one stage-1 run trains with, built once by `Stage1.run`."""
+
+    acc: Accelerator
+    ae: RAE
+    decoder: nn.Module
+    step_decoder: nn.Module  # the decoder, or its DDP wrapper
+    grad_sync: DistributedDataParallel | None
+    ema: EMA
+    params: list[nn.Parameter]
+    lpips: LPIPS | None
+    disc: DinoDiscriminator | None
+    per_rank: int
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    d_optimizer: torch.optim.Optimizer | None = None
+    d_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    starts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    """One step's images, their clean latents (D's fakes) and noised ones (G's input), and the step's
+    three DiffAugment draws (G's view of the fakes, D's of the reals, D's of the fakes)."""
+
+    images: torch.Tensor
+    clean: torch.Tensor
+    noised: torch.Tensor
+    augments: list[BatchAugment]
+
+
 @EXPERIMENTS.register("stage1")
-class Stage1(Experiment):
+class Stage1(Trainer):
     """Train the decoder of ``autoencoder`` (its encoder frozen) to reconstruct ``dataset``.
 
     Args:
@@ -162,13 +195,12 @@ class Stage1(Experiment):
       disc_loss: "hinge" or "vanilla" for D; G uses -E[D(fake)] (RAE's "vanilla").
       disc_weight: scale of the adaptively weighted G loss, in G from ``gan_start_epoch``;
         ``adaptive_weight_cap``: clamp of the adaptive weight; D updates from ``disc_start_epoch``.
-      batch_size: global batch; micro_batch_size: per forward pass.
-      total_steps / total_epochs, warmup_*, decay_end_*, lr_schedule, final_lr, lr, betas,
-        weight_decay, adam_eps: AdamW and its schedule, the same for the decoder and the heads; the
-        heads' schedule counts D updates (step 0 at ``disc_start_epoch``), the decoder's every step.
-      grad_clip: max gradient norm of each optimiser (None: no clipping). ema_decay: EMA of the decoder,
-        saved as ``decoder_ema.pt`` (loadable by ``rae.decoder_path``).
-      num_workers, log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: as stage2.
+      batch_size: global batch; micro_batch_size: per forward pass; total_steps / total_epochs: length.
+      optim: the decoder's AdamW, schedule, clipping, EMA decay (the EMA is saved as ``decoder_ema.pt``,
+        loadable by ``rae.decoder_path``) and checkpoint cadence (`OptimOptions`; None: its defaults).
+      disc_optim: the heads' AdamW, schedule and clipping (None: ``optim``'s, as RAE's release); their
+        schedule counts D updates (step 0 at ``disc_start_epoch``); its EMA decay and cadence are unused.
+      num_workers, log_every, keep_checkpoints: as stage2.
       grid_every: steps between reconstruction grids (0: none); grid_size: images in a grid.
 
     Logged besides the losses: ``lr`` (the decoder's, after the step's scheduler step, as the release
@@ -185,35 +217,18 @@ class Stage1(Experiment):
         discriminator: DinoDiscriminator | None = None,
         diffaug: DiffAugment | None = None,
         disc_loss: str = "hinge",
-        lpips_weight: float = 1.0,
-        disc_weight: float = 0.75,
-        adaptive_weight_cap: float = 1e4,
-        lpips_start_epoch: float = 0.0,
-        disc_start_epoch: float = 6.0,
-        gan_start_epoch: float = 8.0,
+        lpips_weight: float = 1.0, disc_weight: float = 0.75, adaptive_weight_cap: float = 1e4,
+        lpips_start_epoch: float = 0.0, disc_start_epoch: float = 6.0, gan_start_epoch: float = 8.0,
         batch_size: int = 512,
         micro_batch_size: int | None = None,
         total_steps: int | None = None,
         total_epochs: float | None = None,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        adam_eps: float = 1e-8,
-        lr_schedule: str = "cosine",
-        warmup_steps: int | None = None,
-        warmup_epochs: float | None = None,
-        decay_end_step: int | None = None,
-        decay_end_epoch: float | None = None,
-        final_lr: float | None = None,
-        grad_clip: float | None = None,
-        ema_decay: float = 0.9978,
+        optim: OptimOptions | None = None,
+        disc_optim: OptimOptions | None = None,
         num_workers: int = 4,
         log_every: int = 100,
-        checkpoint_every: int | None = None,
-        checkpoint_every_epochs: float | None = None,
         keep_checkpoints: int = 2,
-        grid_every: int = 5000,
-        grid_size: int = 8,
+        grid_every: int = 5000, grid_size: int = 8,
     ) -> None:
         if disc_loss not in D_LOSS_TERMS:
             raise ValueError(f"stage1.disc_loss must be one of {sorted(D_LOSS_TERMS)}, got {disc_loss!r}")
@@ -221,42 +236,15 @@ class Stage1(Experiment):
             raise ValueError(f"stage1.lpips_weight is {lpips_weight}: give stage1.lpips = @loss.lpips() (or weight 0)")
         if discriminator is not None and diffaug is None:
             raise ValueError("stage1.discriminator needs stage1.diffaug (@loss.diffaug(); prob 0 switches it off)")
-        if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
-            raise ValueError(f"stage1: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
-        if total_steps is None and total_epochs is None:
-            raise ValueError("stage1: set the training length, total_steps or total_epochs")
-        _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
-                      decay_end=(decay_end_step, decay_end_epoch),
-                      checkpoint_every=(checkpoint_every, checkpoint_every_epochs))
-        self.autoencoder = autoencoder
-        self.dataset = dataset
-        self.lpips = lpips
-        self.discriminator = discriminator
-        self.diffaug = diffaug
+        self._set_training(batch_size, micro_batch_size, total_steps, total_epochs, optim, num_workers, log_every,
+                           keep_checkpoints)
+        self.disc_optim = disc_optim if disc_optim is not None else self.optim
+        self.autoencoder, self.dataset = autoencoder, dataset
+        self.lpips, self.discriminator, self.diffaug = lpips, discriminator, diffaug
         self.disc_loss: DiscLossTerms = D_LOSS_TERMS[disc_loss]
-        self.lpips_weight = lpips_weight
-        self.disc_weight = disc_weight
-        self.adaptive_weight_cap = adaptive_weight_cap
+        self.lpips_weight, self.disc_weight, self.adaptive_weight_cap = lpips_weight, disc_weight, adaptive_weight_cap
         self.starts = {"lpips": lpips_start_epoch, "disc": disc_start_epoch, "gan": gan_start_epoch}
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size
-        self.total = (total_steps, total_epochs)
-        self.warmup = (warmup_steps, warmup_epochs)
-        self.decay_end = (decay_end_step, decay_end_epoch)
-        self.checkpoint_every = (checkpoint_every, checkpoint_every_epochs)
-        self.lr = lr
-        self.betas = tuple(betas)
-        self.weight_decay = weight_decay
-        self.adam_eps = adam_eps
-        self.lr_schedule = lr_schedule
-        self.final_lr = final_lr
-        self.grad_clip = grad_clip
-        self.ema_decay = ema_decay
-        self.num_workers = num_workers
-        self.log_every = log_every
-        self.keep_checkpoints = keep_checkpoints
-        self.grid_every = grid_every
-        self.grid_size = grid_size
+        self.grid_every, self.grid_size = grid_every, grid_size
         self._check_models()
 
     # ---- what the runner asks ----
@@ -280,7 +268,7 @@ class Stage1(Experiment):
     # ---- checks before the first step ----
     def check(self, world_size: int) -> None:
         """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
-        check_training("stage1", world_size, self)
+        super().check(world_size)
         if self.grid_every < 0 or self.grid_size < 1:
             raise ValueError(f"stage1.grid_every = {self.grid_every}, grid_size = {self.grid_size}: expected "
                              "grid_every >= 0 (0: no grids) and grid_size >= 1")
@@ -301,102 +289,111 @@ class Stage1(Experiment):
         if count_parameters(decoder) == 0 or any(p.requires_grad for p in encoder.parameters()):
             raise ValueError("stage1 trains the decoder only: the encoder must be frozen")
 
+    def _check_options(self) -> None:
+        super()._check_options()
+        if self.disc_optim is not self.optim:
+            self.disc_optim.check("stage1.disc_optim")
+
     def _check_run(self, acc: Accelerator) -> int:
         """Checks that need the world size or the precision; returns the per-rank batch."""
+        self._check_options()
         if acc.precision == "fp16":
             raise ValueError("stage1 runs in fp32 or bf16 (run.precision); fp16 loss scaling of the separate "
                              "GAN gradient is not implemented")
-        if self.batch_size % acc.world_size:
-            raise ValueError(f"stage1.batch_size {self.batch_size} is not divisible by the {acc.world_size} ranks")
-        per_rank = self.batch_size // acc.world_size
-        if self.micro_batch_size is not None and per_rank % self.micro_batch_size:
-            raise ValueError(f"the per-rank batch {per_rank} (batch_size {self.batch_size} / {acc.world_size} ranks) "
-                             f"is not divisible by micro_batch_size {self.micro_batch_size}")
-        return per_rank
+        return self._per_rank_batch(acc)
 
     # ---- training ----
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        acc = ctx.accelerator
-        per_rank = self._check_run(acc)
-        ae = self.autoencoder.to(acc.device).eval()
-        decoder = ae.decoder.train().requires_grad_(True)
-        ddp = None
-        if acc.distributed:  # DDP broadcasts rank 0's weights here, before the EMA copies them
-            device_ids = [acc.device.index] if acc.device.type == "cuda" else None
-            ddp = DistributedDataParallel(decoder, device_ids=device_ids, broadcast_buffers=False)
-        self._step_decoder = ddp if ddp is not None else decoder
-        ema = EMA(decoder, self.ema_decay)
-        params = list(decoder.parameters())
-        optimizer = make_adamw(params, self.lr, self.betas, self.weight_decay, self.adam_eps)
-        lpips = self.lpips.to(acc.device) if self.lpips is not None else None
-        disc = self.discriminator.to(acc.device).eval().requires_grad_(False) if self.discriminator else None
-
-        stream = DataStream(self.dataset, per_rank, acc, seed=ctx.seed, shuffle=True, num_workers=self.num_workers)
-        per_epoch = stream.batches_per_epoch
-        total_steps = _pick(*self.total, per_epoch, None)
-        schedule = (self.lr_schedule, _pick(*self.warmup, per_epoch, 0), _pick(*self.decay_end, per_epoch, total_steps),
-                    self.final_lr)
-        scheduler = make_scheduler(optimizer, *schedule)
-        state: dict[str, Any] = {"decoder": decoder, "ema": ema, "optimizer": optimizer, "scheduler": scheduler,
-                                 "data": stream}
-        d_optimizer = d_scheduler = None
-        if disc is not None:
-            d_optimizer = make_adamw(disc.heads.requires_grad_(True).parameters(), self.lr, self.betas,
-                                     self.weight_decay, self.adam_eps)
-            d_scheduler = make_scheduler(d_optimizer, *schedule)  # stepped on D updates only
-            disc.requires_grad_(False)  # on only inside the D step
-            state |= {"disc_heads": disc.heads, "disc_optimizer": d_optimizer, "disc_scheduler": d_scheduler}
-        starts = {name: round(epoch * per_epoch) for name, epoch in self.starts.items()}
-        every = _pick(*self.checkpoint_every, per_epoch, 5000)
-        session = TrainingSession(ctx, state, total_steps, self.log_every, every, self.keep_checkpoints, name=self.kind)
-        session.resume()
-        ctx.log.info("stage1: %d steps of %d images (%d per rank), %d steps per epoch; loss: %s", total_steps,
-                     self.batch_size, per_rank, per_epoch, self._loss_terms(starts))
-        off = self._unused_metrics()
-        grid = (ReconstructionGrid(self.dataset, self.grid_size, acc.device)
-                if self.grid_every > 0 and acc.is_main else None)
-
+        run = self._build_networks(ctx.accelerator, self._check_run(ctx.accelerator))
+        stream = self._stream(ctx, self.dataset, run.per_rank)
+        state = self._build_optimizers(run, stream)
+        session = self._open_session(ctx, state, stream)
+        ctx.log.info("stage1: %d steps of %d images (%d per rank), %d steps per epoch; loss: %s", session.total_steps,
+                     self.batch_size, run.per_rank, stream.batches_per_epoch, self._loss_terms(run.starts))
+        grid = (ReconstructionGrid(self.dataset, self.grid_size, run.acc.device)
+                if self.grid_every > 0 and run.acc.is_main else None)
+        unused = self._unused_metrics()
         while not session.done:
-            step = session.step
-            use_lpips = lpips is not None and self.lpips_weight > 0 and step >= starts["lpips"]
-            use_gan = disc is not None and step >= starts["gan"]
-            use_disc = disc is not None and step >= starts["disc"]
-            x, _ = to_device(next(stream), acc.device)
-            draws = StepDraws(ctx.seed, step + 1, acc, self.batch_size)
-            clean, z = self._latents(ae, x, acc, draws)
-            augments = [BatchAugment(self.diffaug, draws) for _ in range(3)] if disc else []
-            index = torch.arange(per_rank)  # on the host: a micro-batch's start is read without a device sync
-            micro = split_batch((z, x, index), self.micro_batch_size)
-            gan_grads = [torch.zeros_like(p) for p in params] if use_gan else None
-            g_fn = lambda mb: self._g_loss(mb, ae, lpips if use_lpips else None, disc if use_gan else None,  # noqa: E731
-                                           augments[:1], gan_grads, params, per_rank)
-            metrics = accumulate_gradients(g_fn, micro, acc, ddp_module=ddp, step=session.step + 1)
-            metrics["adaptive_weight"] = self._add_gan_gradient(params, gan_grads, decoder.last_layer, acc)
-            metrics["loss"] = metrics["loss"] + metrics["adaptive_weight"] * self.disc_weight * metrics["loss/gan_g"]
-            metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip)
-            scheduler.step()
-            ema.update(decoder)
-            acc.mark_step()
-            scalars = {"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(self.dataset)}
-            if use_disc:
-                fakes = self._fresh_fakes(ae, decoder, clean, acc)
-                metrics |= discriminator_step(disc, d_optimizer, fakes, x, (augments[1], augments[2]),
-                                              self.disc_loss, self.micro_batch_size, self.grad_clip, acc)
-                scalars["disc_lr"] = d_scheduler.get_last_lr()[0]  # the lr of this D update
-                d_scheduler.step()
-            elif disc is not None:
-                metrics |= {key: torch.zeros((), device=acc.device) for key in D_METRICS}
-            session.end_step({k: v for k, v in metrics.items() if k not in off}, images=self.batch_size,
+            batch = self._prepare_batch(ctx, run, session.step, next(stream))
+            metrics, scalars = self._generator_step(run, session, batch)
+            metrics, scalars = self._discriminator_update(run, session.step, batch, metrics, scalars)
+            session.end_step({k: v for k, v in metrics.items() if k not in unused}, images=self.batch_size,
                              scalars=scalars)
             if grid is not None and (session.step % self.grid_every == 0 or session.done):
-                grid.log(ae, ema.model, acc, ctx.tracker, session.step)
+                grid.log(run.ae, run.ema.model, run.acc, ctx.tracker, session.step)
+        return self._finish(ctx, session, run.ema.model.state_dict(), EMA_FILE, "decoder_ema")
 
-        ema_path = ctx.run_dir / EMA_FILE
-        if acc.is_main:
-            atomic_save(ema.model.state_dict(), ema_path)
-        acc.barrier()
-        summary = {"steps": session.step, "images": session.images, "decoder_ema": str(ema_path)}
-        return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
+    def _build_networks(self, acc: Accelerator, per_rank: int) -> _Run:
+        """The models on the device: the frozen encoder, the trained decoder (wrapped for DDP, which
+        broadcasts rank 0's weights before the EMA copies them), LPIPS and the frozen discriminator."""
+        ae = self.autoencoder.to(acc.device).eval()
+        decoder = ae.decoder.train().requires_grad_(True)
+        step_decoder, grad_sync = wrap_for_training(decoder, acc, "ddp")
+        ema = EMA(decoder, self.optim.ema_decay)
+        lpips = self.lpips.to(acc.device) if self.lpips is not None else None
+        disc = self.discriminator.to(acc.device).eval().requires_grad_(False) if self.discriminator else None
+        return _Run(acc, ae, decoder, step_decoder, grad_sync, ema, list(decoder.parameters()), lpips, disc, per_rank)
+
+    def _build_optimizers(self, run: _Run, stream: DataStream) -> dict[str, Any]:
+        """The decoder's and the heads' optimisers and schedules (the heads' stepped on D updates only),
+        the loss terms' start steps; returns the state a checkpoint holds."""
+        per_epoch, total_steps = stream.batches_per_epoch, self._total_steps(stream)
+        run.optimizer = self.optim.optimizer(run.params)
+        run.scheduler = self.optim.scheduler(run.optimizer, per_epoch, total_steps)
+        state: dict[str, Any] = {"decoder": run.decoder, "ema": run.ema, "optimizer": run.optimizer,
+                                 "scheduler": run.scheduler, "data": stream}
+        if run.disc is not None:
+            run.d_optimizer = self.disc_optim.optimizer(run.disc.heads.requires_grad_(True).parameters())
+            run.d_scheduler = self.disc_optim.scheduler(run.d_optimizer, per_epoch, total_steps)
+            run.disc.requires_grad_(False)  # on only inside the D step
+            state |= {"disc_heads": run.disc.heads, "disc_optimizer": run.d_optimizer,
+                      "disc_scheduler": run.d_scheduler}
+        run.starts = {name: round(epoch * per_epoch) for name, epoch in self.starts.items()}
+        return state
+
+    def _prepare_batch(self, ctx: RunContext, run: _Run, step: int, data: Any) -> _Batch:
+        """The step's images on the device, their latents and augmentations, every random draw made
+        once for the whole global batch (seeded by the run's seed and the step)."""
+        x, _ = to_device(data, run.acc.device)
+        draws = StepDraws(ctx.seed, step + 1, run.acc, self.batch_size)
+        clean, noised = self._latents(run.ae, x, run.acc, draws)
+        return _Batch(x, clean, noised, [BatchAugment(self.diffaug, draws) for _ in range(3)] if run.disc else [])
+
+    def _generator_step(self, run: _Run, session: TrainingSession,
+                        batch: _Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One decoder update: reconstruction loss, the adaptively weighted GAN gradient, clipping,
+        AdamW, the schedule and the EMA; returns the step's metrics and its scalars (lr, epoch)."""
+        step, acc = session.step, run.acc
+        use_lpips = run.lpips is not None and self.lpips_weight > 0 and step >= run.starts["lpips"]
+        use_gan = run.disc is not None and step >= run.starts["gan"]
+        index = torch.arange(run.per_rank)  # on the host: a micro-batch's start is read without a device sync
+        gan_grads = [torch.zeros_like(p) for p in run.params] if use_gan else None
+        g_fn = functools.partial(self._g_loss, run=run, lpips=run.lpips if use_lpips else None,
+                                 disc=run.disc if use_gan else None, augments=batch.augments[:1], gan_grads=gan_grads)
+        metrics = accumulate_gradients(g_fn, split_batch((batch.noised, batch.images, index), self.micro_batch_size),
+                                       acc, ddp_module=run.grad_sync, step=step + 1)
+        metrics["adaptive_weight"] = self._add_gan_gradient(run.params, gan_grads, run.decoder.last_layer, acc)
+        metrics["loss"] = metrics["loss"] + metrics["adaptive_weight"] * self.disc_weight * metrics["loss/gan_g"]
+        metrics["grad_norm"] = optimizer_step(run.optimizer, run.params, self.optim.grad_clip)
+        run.scheduler.step()
+        run.ema.update(run.decoder)
+        acc.mark_step()
+        return metrics, {"lr": run.scheduler.get_last_lr()[0], "epoch": session.images / len(self.dataset)}
+
+    def _discriminator_update(self, run: _Run, step: int, batch: _Batch, metrics: dict[str, torch.Tensor],
+                              scalars: dict[str, float]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """D's update on the step's images against fresh fakes of the updated decoder, from
+        ``disc_start_epoch``; zeros for D's metrics before it starts (none without a discriminator)."""
+        if run.disc is None:
+            return metrics, scalars
+        if step < run.starts["disc"]:
+            return metrics | {key: torch.zeros((), device=run.acc.device) for key in D_METRICS}, scalars
+        fakes = self._fresh_fakes(run.ae, run.decoder, batch.clean, run.acc)
+        metrics |= discriminator_step(run.disc, run.d_optimizer, fakes, batch.images, tuple(batch.augments[1:]),
+                                      self.disc_loss, self.micro_batch_size, self.disc_optim.grad_clip, run.acc)
+        scalars["disc_lr"] = run.d_scheduler.get_last_lr()[0]  # the lr of this D update
+        run.d_scheduler.step()
+        return metrics, scalars
 
     def _loss_terms(self, starts: dict[str, int]) -> str:
         """The loss terms this run uses and the step each starts at, e.g. ``L1, LPIPS (weight 1) from step 0``."""
@@ -438,20 +435,20 @@ class Stage1(Experiment):
         decoder.train()
         return quantize_8bit(recon)
 
-    def _g_loss(self, mb: MicroBatch, ae: RAE, lpips: LPIPS | None, disc: DinoDiscriminator | None,
-                augments: list[BatchAugment], gan_grads: list[torch.Tensor] | None, params: list[nn.Parameter],
-                per_rank: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _g_loss(self, mb: MicroBatch, run: _Run, lpips: LPIPS | None, disc: DinoDiscriminator | None,
+                augments: list[BatchAugment], gan_grads: list[torch.Tensor] | None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A micro-batch's reconstruction loss (returned for backward); its GAN gradient goes to ``gan_grads``."""
         z, x, index = mb
-        recon = ae.decode(z, self._step_decoder)
+        recon = run.ae.decode(z, run.step_decoder)
         l1 = (recon.float() - x).abs().mean()
         zero = l1.new_zeros(())
         perceptual = lpips(recon.float(), x).mean() if lpips is not None else zero
         metrics = {"loss/l1": l1.detach(), "loss/lpips": perceptual.detach(), "loss/gan_g": zero}
         if disc is not None:
             gan = vanilla_g_loss(disc(augments[0](recon, int(index[0]))))
-            share = x.shape[0] / per_rank
-            for buffer, grad in zip(gan_grads, torch.autograd.grad(gan.float() * share, params, retain_graph=True)):
+            share = x.shape[0] / run.per_rank
+            for buffer, grad in zip(gan_grads, torch.autograd.grad(gan.float() * share, run.params, retain_graph=True)):
                 buffer.add_(grad)
             metrics["loss/gan_g"] = gan.detach().float()
         return l1 + self.lpips_weight * perceptual, metrics

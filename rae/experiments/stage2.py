@@ -20,6 +20,7 @@ model samples a grid with a few Euler steps, decoded by the autoencoder.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,13 +34,13 @@ from rae.conditions import (
 )
 from rae.data.base import LabelledImages
 from rae.data.latent_cache import LatentCache
-from rae.experiments.base import Experiment, RunContext, check_training
+from rae.experiments.base import RunContext
 from rae.experiments.online_fid import OnlineFID
+from rae.experiments.trainer import Trainer
 from rae.registry import EXPERIMENTS
 from rae.sampling.fixed_step import EulerSampler
 from rae.sampling.guidance import NoGuidance
 from rae.tracking.tracker import Tracker
-from rae.train.checkpoint import atomic_save
 from rae.train.data_stream import DataStream, to_device
 from rae.train.distributed import (
     STRATEGIES,
@@ -52,8 +53,8 @@ from rae.train.distributed import (
 )
 from rae.train.draws import StepDraws
 from rae.train.ema import EMA
-from rae.train.optim import SCHEDULES, WARMUPS, make_adamw, make_scheduler
-from rae.train.session import RunSetting, TrainingSession
+from rae.train.options import OptimOptions
+from rae.train.session import RunSetting
 from rae.train.step import MicroBatch, accumulate_gradients, optimizer_step, split_batch
 from rae.transport.transport import TrainingPoint, Transport
 
@@ -157,21 +158,49 @@ class SampleGrid:
 # ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
-def _pick(steps: int | None, epochs: float | None, steps_per_epoch: int, default: int | None) -> int | None:
-    """A duration given in optimiser steps or in epochs (converted with the stream's steps per epoch)."""
-    if epochs is not None:
-        return round(epochs * steps_per_epoch)
-    return steps if steps is not None else default
+def check_sources(backbone: Backbone, latents: Any, dataset: Any, autoencoder: nn.Module | None,
+                  alignment: nn.Module | None, online_fid: OnlineFID | None, stochastic_encode: bool) -> None:
+    """Refuse a choice of data and models that stage 2 cannot train with, naming the bindings to change."""
+    if (latents is None) == (dataset is None):
+        raise ValueError("stage2 trains on either `latents` (a latent cache) or `dataset` (images encoded "
+                         "by the autoencoder every step): give exactly one")
+    if dataset is not None and autoencoder is None:
+        raise ValueError("stage2.dataset holds images: give stage2.autoencoder to encode them")
+    if alignment is not None and dataset is None and not getattr(latents, "yields_images", False):
+        raise ValueError("stage2.alignment (REPA) needs images for its target encoders: give stage2.dataset "
+                         "(with an autoencoder) instead of a latent cache, or latents that come with images "
+                         "(@dataset.coco_features() with images = True)")
+    if online_fid is not None and backbone.condition != LABEL:
+        raise ValueError(f"stage2.online_fid samples class labels; {type(backbone).__name__} is conditioned on "
+                         "captions: score its samples with the sample and eval experiments instead")
+    if online_fid is not None and autoencoder is None:
+        raise ValueError("stage2.online_fid decodes its samples: give stage2.autoencoder")
+    if stochastic_encode and dataset is None:
+        raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
 
 
-def _check_either(**pairs: tuple[Any, Any]) -> None:
-    for name, (steps, epochs) in pairs.items():
-        if steps is not None and epochs is not None:
-            raise ValueError(f"stage2: give {name} in steps or in epochs, not both (got {steps} and {epochs})")
+@dataclass
+class _Run:
+    """What one stage-2 run trains with, built once by `Stage2.run`."""
+
+    acc: Accelerator
+    per_rank: int
+    backbone: Backbone
+    autoencoder: nn.Module | None
+    alignment: nn.Module | None
+    denoiser: Denoiser
+    step_module: nn.Module  # the denoiser, wrapped for DDP / FSDP2 and compiled as configured
+    grad_sync: Any
+    ema: EMA
+    params: list[nn.Parameter]
+    drop: BatchLabelDropout | BatchContextDropout
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
 
 
 @EXPERIMENTS.register("stage2")
-class Stage2(Experiment):
+class Stage2(Trainer):
     """Train ``backbone`` on latents with ``transport`` (and optionally REPA's ``alignment``).
 
     Args:
@@ -186,12 +215,9 @@ class Stage2(Experiment):
       alignment: REPA's loss (``@loss.repa()``): ``alignment(tokens, images) -> (proj_coeff * loss,
         {"align_loss": loss})`` with ``encoder_depth``; needs images: ``dataset``, or latent data that yields them.
       batch_size: global batch (all ranks, all micro-batches); micro_batch_size: per forward pass.
-      total_steps / total_epochs: training length; warmup_steps / warmup_epochs and decay_end_step /
-        decay_end_epoch shape the ``lr_schedule`` ("constant", "linear", "cosine") down to ``final_lr``;
-        ``warmup_mode`` "linear" ramps the lr from zero during the warmup, "constant" holds it at ``lr``
-        (RAE's released stage 2: ``warmup_from_zero: false``, `rae.train.optim.lr_factor`).
-      lr, betas, weight_decay, adam_eps: AdamW. grad_clip: max gradient norm (None: no clipping).
-      ema_decay: decay of the EMA model that samples and is saved as ``ema.pt``.
+      total_steps / total_epochs: training length.
+      optim: AdamW, its lr schedule, gradient clipping, the EMA decay (the EMA samples and is saved as
+        ``ema.pt``) and the checkpoint cadence (`OptimOptions`; None: its defaults).
       stochastic_encode: encode with the autoencoder in training mode (SD-VAE: a fresh posterior
         sample every step, as REPA); off, RAE latents are clean (its training noise is for decoders).
       autocast_encode: encode under the run's mixed precision (faster); off, the autoencoder encodes in
@@ -201,7 +227,7 @@ class Stage2(Experiment):
         weights, gradients, optimiser state and the EMA sharded over the ranks; checkpoints hold
         whole state dicts, so an "fsdp" run resumes on any number of ranks, docs/distributed.md).
       num_workers: data-loading processes per rank.
-      log_every, checkpoint_every / checkpoint_every_epochs, keep_checkpoints: session cadence.
+      log_every, keep_checkpoints: session cadence (the checkpoint cadence is ``optim``'s).
       sample_every: steps between sample grids (0: none); sample_steps: Euler grid points;
       sample_labels: the classes in the grid (default: evenly spread over the classes, 8 of them); with
         caption data the grid shows 8 random captions of the data (`rae.conditions.Captions`).
@@ -223,92 +249,27 @@ class Stage2(Experiment):
         micro_batch_size: int | None = None,
         total_steps: int | None = None,
         total_epochs: float | None = None,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        adam_eps: float = 1e-8,
-        lr_schedule: str = "constant",
-        warmup_steps: int | None = None,
-        warmup_epochs: float | None = None,
-        decay_end_step: int | None = None,
-        decay_end_epoch: float | None = None,
-        final_lr: float | None = None,
-        warmup_mode: str = "linear",
-        grad_clip: float | None = 1.0,
-        ema_decay: float = 0.9995,
-        stochastic_encode: bool = False,
-        autocast_encode: bool = False,
+        optim: OptimOptions | None = None,
+        stochastic_encode: bool = False, autocast_encode: bool = False,
         compile: bool = False,
         parallel: str = "ddp",
         num_workers: int = 4,
         log_every: int = 100,
-        checkpoint_every: int | None = None,
-        checkpoint_every_epochs: float | None = None,
         keep_checkpoints: int = 2,
-        sample_every: int = 10000,
-        sample_steps: int = 10,
+        sample_every: int = 10000, sample_steps: int = 10,
         sample_labels: list[int] | None = None,
         online_fid: OnlineFID | None = None,
     ) -> None:
-        if (latents is None) == (dataset is None):
-            raise ValueError("stage2 trains on either `latents` (a latent cache) or `dataset` (images encoded "
-                             "by the autoencoder every step): give exactly one")
-        if dataset is not None and autoencoder is None:
-            raise ValueError("stage2.dataset holds images: give stage2.autoencoder to encode them")
-        if alignment is not None and dataset is None and not getattr(latents, "yields_images", False):
-            raise ValueError("stage2.alignment (REPA) needs images for its target encoders: give stage2.dataset "
-                             "(with an autoencoder) instead of a latent cache, or latents that come with images "
-                             "(@dataset.coco_features() with images = True)")
-        if online_fid is not None and backbone.condition != LABEL:
-            raise ValueError(f"stage2.online_fid samples class labels; {type(backbone).__name__} is conditioned on "
-                             "captions: score its samples with the sample and eval experiments instead")
-        if online_fid is not None and autoencoder is None:
-            raise ValueError("stage2.online_fid decodes its samples: give stage2.autoencoder")
-        if stochastic_encode and dataset is None:
-            raise ValueError("stage2.stochastic_encode encodes images every step; it needs stage2.dataset")
-        if batch_size < 1 or (micro_batch_size is not None and micro_batch_size < 1):
-            raise ValueError(f"stage2: batch sizes must be positive, got {batch_size}, {micro_batch_size}")
-        if lr_schedule not in SCHEDULES or warmup_mode not in WARMUPS:
-            raise ValueError(f"stage2.lr_schedule must be one of {SCHEDULES} and stage2.warmup_mode one of {WARMUPS}, "
-                             f"got {lr_schedule!r} and {warmup_mode!r}")
+        check_sources(backbone, latents, dataset, autoencoder, alignment, online_fid, stochastic_encode)
         if parallel not in STRATEGIES:
             raise ValueError(f"stage2.parallel must be one of {STRATEGIES}, got {parallel!r}")
-        if total_steps is None and total_epochs is None:
-            raise ValueError("stage2: set the training length, total_steps or total_epochs")
-        _check_either(total=(total_steps, total_epochs), warmup=(warmup_steps, warmup_epochs),
-                      decay_end=(decay_end_step, decay_end_epoch),
-                      checkpoint_every=(checkpoint_every, checkpoint_every_epochs))
-        self.backbone = backbone
-        self.transport = transport
-        self.latents = latents
-        self.dataset = dataset
-        self.autoencoder = autoencoder
-        self.alignment = alignment
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size
-        self.total = (total_steps, total_epochs)
-        self.warmup = (warmup_steps, warmup_epochs)
-        self.decay_end = (decay_end_step, decay_end_epoch)
-        self.checkpoint_every = (checkpoint_every, checkpoint_every_epochs)
-        self.lr = lr
-        self.betas = tuple(betas)
-        self.weight_decay = weight_decay
-        self.adam_eps = adam_eps
-        self.lr_schedule = lr_schedule
-        self.final_lr = final_lr
-        self.warmup_mode = warmup_mode
-        self.grad_clip = grad_clip
-        self.ema_decay = ema_decay
-        self.stochastic_encode = stochastic_encode
-        self.autocast_encode = autocast_encode
-        self.compile = compile
-        self.parallel = parallel
-        self.num_workers = num_workers
-        self.log_every = log_every
-        self.keep_checkpoints = keep_checkpoints
-        self.sample_every = sample_every
-        self.sample_steps = sample_steps
-        self.sample_labels = sample_labels
+        self._set_training(batch_size, micro_batch_size, total_steps, total_epochs, optim, num_workers, log_every,
+                           keep_checkpoints)
+        self.backbone, self.transport = backbone, transport
+        self.latents, self.dataset, self.autoencoder, self.alignment = latents, dataset, autoencoder, alignment
+        self.stochastic_encode, self.autocast_encode = stochastic_encode, autocast_encode
+        self.compile, self.parallel = compile, parallel
+        self.sample_every, self.sample_steps, self.sample_labels = sample_every, sample_steps, sample_labels
         self.online_fid = online_fid
         self._check_models()
 
@@ -336,7 +297,7 @@ class Stage2(Experiment):
     # ---- checks before the first step ----
     def check(self, world_size: int) -> None:
         """Config-only checks, made by the runner before the run folder (`Experiment.check`)."""
-        check_training("stage2", world_size, self)
+        super().check(world_size)
         if self.sample_every < 0 or self.sample_steps < 2:
             raise ValueError(f"stage2.sample_every = {self.sample_every}, sample_steps = {self.sample_steps}: expected "
                              "sample_every >= 0 (0: no grids) and sample_steps >= 2 (the Euler grid's points)")
@@ -368,12 +329,8 @@ class Stage2(Experiment):
 
     def _check_run(self, acc: Accelerator, data: LatentCache | LabelledImages | CaptionData) -> int:
         """Checks that need the data or the world size; returns the per-rank batch."""
-        if self.batch_size % acc.world_size:
-            raise ValueError(f"stage2.batch_size {self.batch_size} is not divisible by the {acc.world_size} ranks")
-        per_rank = self.batch_size // acc.world_size
-        if self.micro_batch_size is not None and per_rank % self.micro_batch_size:
-            raise ValueError(f"the per-rank batch {per_rank} (batch_size {self.batch_size} / {acc.world_size} ranks) "
-                             f"is not divisible by micro_batch_size {self.micro_batch_size}")
+        self._check_options()
+        per_rank = self._per_rank_batch(acc)
         if self.latents is not None and self.latents.latent_shape != tuple(self.backbone.latent_shape):
             raise ValueError(f"{self.data_name} holds latents {self.latents.latent_shape} but the "
                              f"backbone takes {tuple(self.backbone.latent_shape)}")
@@ -391,83 +348,87 @@ class Stage2(Experiment):
 
     # ---- training ----
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        acc = ctx.accelerator
-        data = self.latents if self.latents is not None else self.dataset
         if self.latents is not None:
             self.latents.prepare()
-        per_rank = self._check_run(acc, data)
+        run = self._build_networks(ctx.accelerator, self._check_run(ctx.accelerator, self.data))
+        stream = self._stream(ctx, self.data, run.per_rank)
+        session = self._open_session(ctx, self._build_optimizer(run, stream), stream)
+        ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", session.total_steps,
+                     self.batch_size, run.per_rank, stream.batches_per_epoch)
+        grid = self._sample_grid(ctx, self.data, every_rank=self._sharded(run.acc))
+        draws = GlobalBatchDraws(self.transport, run.drop, ctx.seed, run.acc, self.batch_size)
+        if session.step == 0:
+            self._online_fid(ctx, run, session.step)
+        while not session.done:
+            batch = self._prepare_batch(run, draws, session.step, next(stream))
+            metrics = self._train_step(run, batch, session.step)
+            session.end_step(metrics, images=self.batch_size,
+                             scalars={"lr": run.scheduler.get_last_lr()[0], "epoch": session.images / len(self.data)})
+            if grid is not None and (session.step % self.sample_every == 0 or session.done):
+                grid.log(run.ema.model, run.acc, ctx.tracker, session.step)
+            self._online_fid(ctx, run, session.step)
+        ema_state = ShardedModuleState(run.ema.model).state_dict() if self.parallel == "fsdp" else run.ema.model.state_dict()
+        return self._finish(ctx, session, ema_state, EMA_FILE, "ema")
 
+    def _sharded(self, acc: Accelerator) -> bool:
+        """Whether the weights are sharded over the ranks (FSDP2 under torchrun)."""
+        return acc.distributed and self.parallel == "fsdp"
+
+    def _build_networks(self, acc: Accelerator, per_rank: int) -> _Run:
+        """The models on the device; the EMA copied before the denoiser is wrapped (a sharded module
+        cannot be deep-copied), then given the same start and sharding."""
         backbone = self.backbone.to(acc.device).train()
-        drop = condition_dropout(backbone, data)
+        drop = condition_dropout(backbone, self.data)
         autoencoder = (self.autoencoder.to(acc.device).train(self.stochastic_encode)
                        if self.autoencoder is not None else None)
         alignment = self.alignment.to(acc.device).train() if self.alignment is not None else None
         denoiser = Denoiser(backbone, alignment)
-        ema = EMA(backbone, self.ema_decay)  # before wrapping: a sharded module cannot be deep-copied
+        ema = EMA(backbone, self.optim.ema_decay)
         step_module, grad_sync = wrap_for_training(denoiser, acc, self.parallel)
         follow_training(ema.model, acc, self.parallel)
-        sharded = acc.distributed and self.parallel == "fsdp"
         if self.compile:
             step_module = torch.compile(step_module)
         params = [p for p in denoiser.parameters() if p.requires_grad]
-        optimizer = make_adamw(params, self.lr, self.betas, self.weight_decay, self.adam_eps)
+        return _Run(acc, per_rank, backbone, autoencoder, alignment, denoiser, step_module, grad_sync, ema, params, drop)
 
-        stream = DataStream(data, per_rank, acc, seed=ctx.seed, shuffle=True, num_workers=self.num_workers)
-        per_epoch = stream.batches_per_epoch
-        total_steps = _pick(*self.total, per_epoch, None)
-        scheduler = make_scheduler(optimizer, self.lr_schedule, _pick(*self.warmup, per_epoch, 0),
-                                   _pick(*self.decay_end, per_epoch, total_steps), self.final_lr, self.warmup_mode)
-        scaler = torch.amp.GradScaler(acc.device.type) if acc.precision == "fp16" else None
-        state: dict[str, Any] = {"backbone": backbone, "ema": ema, "optimizer": optimizer,
-                                 "scheduler": scheduler, "data": stream,
+    def _build_optimizer(self, run: _Run, stream: DataStream) -> dict[str, Any]:
+        """AdamW, its schedule and (fp16) the loss scaler; returns the state a checkpoint holds."""
+        run.optimizer = self.optim.optimizer(run.params)
+        run.scheduler = self.optim.scheduler(run.optimizer, stream.batches_per_epoch, self._total_steps(stream))
+        run.scaler = torch.amp.GradScaler(run.acc.device.type) if run.acc.precision == "fp16" else None
+        state: dict[str, Any] = {"backbone": run.backbone, "ema": run.ema, "optimizer": run.optimizer,
+                                 "scheduler": run.scheduler, "data": stream,
                                  "parallel": RunSetting("stage2.parallel", self.parallel)}
         if self.parallel == "fsdp":  # whole tensors, the optimiser's keyed by name: resumable on any number of ranks
-            state |= {"backbone": ShardedModuleState(backbone), "ema": ShardedModuleState(ema),
-                      "optimizer": ShardedOptimizerState(denoiser, optimizer)}
-        if alignment is not None:
-            state["alignment"] = TrainableParameters(alignment)
-        if scaler is not None:
-            state["scaler"] = scaler
-        session = TrainingSession(ctx, state, total_steps, self.log_every,
-                                  _pick(*self.checkpoint_every, per_epoch, 5000),
-                                  self.keep_checkpoints, name=self.kind)
-        session.resume()
-        ctx.log.info("stage2: %d steps of %d images (%d per rank), %d steps per epoch", total_steps,
-                     self.batch_size, per_rank, per_epoch)
-        grid = self._sample_grid(ctx, data, every_rank=sharded)
-        draws = GlobalBatchDraws(self.transport, drop, ctx.seed, acc, self.batch_size)
-        if session.step == 0:
-            self._online_fid(ctx, {"ema": ema.model, "model": backbone}, session.step)
+            state |= {"backbone": ShardedModuleState(run.backbone), "ema": ShardedModuleState(run.ema),
+                      "optimizer": ShardedOptimizerState(run.denoiser, run.optimizer)}
+        if run.alignment is not None:
+            state["alignment"] = TrainableParameters(run.alignment)
+        if run.scaler is not None:
+            state["scaler"] = run.scaler
+        return state
 
-        while not session.done:
-            x, y, *with_latents = to_device(next(stream), acc.device)  # latent data may add the images
-            images = x if self.latents is None else next(iter(with_latents), None)
-            x0 = self._encode(autoencoder, x, acc) if self.latents is None else x.float()
-            point, y = draws(x0, y, session.step + 1)
-            batch = (point.x0, point.noise, point.t, point.x_t, y)
-            if alignment is not None:
-                batch += (images,)
-            metrics = accumulate_gradients(
-                lambda mb: self._loss(step_module, mb), split_batch(batch, self.micro_batch_size), acc,
-                ddp_module=grad_sync, scaler=scaler, step=session.step + 1,
-            )
-            metrics["grad_norm"] = optimizer_step(optimizer, params, self.grad_clip, scaler)
-            acc.mark_step()
-            scheduler.step()
-            ema.update(backbone)
-            session.end_step(metrics, images=self.batch_size,
-                             scalars={"lr": scheduler.get_last_lr()[0], "epoch": session.images / len(data)})
-            if grid is not None and (session.step % self.sample_every == 0 or session.done):
-                grid.log(ema.model, acc, ctx.tracker, session.step)
-            self._online_fid(ctx, {"ema": ema.model, "model": backbone}, session.step)
+    def _prepare_batch(self, run: _Run, draws: GlobalBatchDraws, step: int, data: Any) -> tuple[torch.Tensor, ...]:
+        """The step's batch: clean latents (encoded from images, or read), time, noise, noised latents
+        and conditions after dropout (all drawn for the whole global batch), plus REPA's images."""
+        x, y, *with_latents = to_device(data, run.acc.device)  # latent data may add the images
+        images = x if self.latents is None else next(iter(with_latents), None)
+        x0 = self._encode(run.autoencoder, x, run.acc) if self.latents is None else x.float()
+        point, y = draws(x0, y, step + 1)
+        batch = (point.x0, point.noise, point.t, point.x_t, y)
+        return batch + (images,) if run.alignment is not None else batch
 
-        ema_path = ctx.run_dir / EMA_FILE
-        ema_state = ShardedModuleState(ema.model).state_dict() if self.parallel == "fsdp" else ema.model.state_dict()
-        if acc.is_main:
-            atomic_save(ema_state, ema_path)
-        acc.barrier()
-        summary = {"steps": session.step, "images": session.images, "ema": str(ema_path)}
-        return summary | {k: v for k, v in session.last_metrics.items() if k.startswith("loss")}
+    def _train_step(self, run: _Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, torch.Tensor]:
+        """Gradients of the batch's loss over its micro-batches, clipping, AdamW, the schedule, the EMA."""
+        metrics = accumulate_gradients(
+            lambda mb: self._loss(run.step_module, mb), split_batch(batch, self.micro_batch_size), run.acc,
+            ddp_module=run.grad_sync, scaler=run.scaler, step=step + 1,
+        )
+        metrics["grad_norm"] = optimizer_step(run.optimizer, run.params, self.optim.grad_clip, run.scaler)
+        run.acc.mark_step()
+        run.scheduler.step()
+        run.ema.update(run.backbone)
+        return metrics
 
     def _loss(self, module: nn.Module, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-batch's mean loss: diffusion (+ the weighted alignment), each also as a metric."""
@@ -487,10 +448,12 @@ class Stage2(Experiment):
         with acc.autocast() if self.autocast_encode else contextlib.nullcontext():
             return torch.cat([autoencoder.encode(chunk).float() for chunk in chunks])
 
-    def _online_fid(self, ctx: RunContext, models: dict[str, nn.Module], step: int) -> None:
-        """Score ``models`` with the online FID when it is due at ``step`` (every rank samples its share)."""
+    def _online_fid(self, ctx: RunContext, run: _Run, step: int) -> None:
+        """Score the EMA and the live model with the online FID when it is due at ``step`` (every rank
+        samples its share)."""
         if self.online_fid is None or not self.online_fid.due(step):
             return
+        models = {"ema": run.ema.model, "model": run.backbone}
         scores = self.online_fid.evaluate(models, self.autoencoder, self.transport, ctx.accelerator, ctx.seed,
                                           ctx.log)
         for name, value in scores.items():

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import torch
 
-from rae.experiments.base import RunContext
 from rae.progress import Progress
+from rae.run_context import RunContext
 from rae.train.checkpoint import Checkpointer
 from rae.train.rng import rng_state, set_rng_state
 from rae.train.step import check_finite
