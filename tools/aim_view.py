@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rae.tracking.aim_view import (  # noqa: E402
     AimServerError,
+    metric_label,
     runs_view,
     save_view,
     served_repo,
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("the view shows: " + ", ".join([*view.params, *(f"{name} {ctx}" for name, ctx in view.metrics)]))
+    if not view.metrics and not view.params:
+        print(f"no runs in '{args.repo}' match {args.query!r}: nothing to show" if args.query else
+              f"no runs in '{args.repo}' yet: nothing to show")
+        return 0
+    print("the view shows: " + ", ".join([*view.params, *(metric_label(name, ctx) for name, ctx in view.metrics)]))
     print(f"and hides {len(view.hidden)} other columns")
     if args.dry_run:
         return 0
