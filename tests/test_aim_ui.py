@@ -6,15 +6,15 @@ skip it silently. Screenshots go to ``tests/artifacts/aim_ui/``; the README's im
 from real runs instead (``tools/aim_view.py --screenshots``, see docs/compare_runs.md).
 """
 import os
-import socket
+from pathlib import Path
 
 import pytest
 from plugins_for_tests.toy import aim_dir, aim_runs, aim_template, run_toy  # noqa: F401 (fixtures)
 
 from rae.tracking import aim_browser
-from rae.tracking.aim_view import runs_view, save_view, start_aim_up, stop_aim_up, view_url
+from rae.tracking.aim_view import free_port, runs_view, save_view, start_aim_up, stop_aim_up, view_url
 
-ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent / "artifacts" / "aim_ui"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "aim_ui"
 
 pytestmark = pytest.mark.browser
 
@@ -27,12 +27,6 @@ def _need_browser() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but this browser test {reason}")
         pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _search(page, query: str) -> None:
@@ -50,7 +44,7 @@ def test_the_saved_view_opens_on_the_compare_columns_and_the_metrics_explorer_pl
     runs = {run.name: run for run in aim_runs(aim_dir)}
     seeds = {name: run["hparams"]["run"]["seed"] for name, run in runs.items()}
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_aim_up(str(aim_dir), "127.0.0.1", port, aim_dir / "aim_up.log")
     try:

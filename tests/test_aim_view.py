@@ -2,7 +2,6 @@
 import json
 import runpy
 import shutil
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rae.tracking.aim_tracker import AimTracker
 from rae.tracking.aim_view import (
     RunsView,
     format_value,
+    free_port,
     metric_key,
     param_paths,
     runs_view,
@@ -115,12 +115,6 @@ def test_dry_run_prints_the_columns_and_a_bad_repo_exits_2(aim_dir, capsys, tmp_
     assert "no Aim repo at" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str):
     with urllib.request.urlopen(url, timeout=30) as reply:
         return json.loads(reply.read())
@@ -130,11 +124,12 @@ def _get(url: str):
 def test_the_view_is_stored_in_aim_up_as_one_bookmark_that_saving_again_updates(aim_dir, aim_template, tmp_path_factory,
                                                                                  capsys):
     repo = _pipeline_repo(aim_dir)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     assert served_repo(url) is None
     other = tmp_path_factory.mktemp("other")
     shutil.copytree(aim_template / ".aim", other / ".aim")
+    _pipeline_repo(other)
     server = start_aim_up(str(repo), "127.0.0.1", port, other / "aim_up.log")
     try:
         assert served_repo(url) == repo.resolve()

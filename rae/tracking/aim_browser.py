@@ -87,7 +87,8 @@ def plot_metric(page: Any, url: str, metric: str, lines: int) -> list[dict[str, 
     page.get_by_role("button", name="Search").click()
     page.wait_for_function(f"document.querySelectorAll('path.Line').length >= {int(lines)}")
     page.get_by_text("Processing...").wait_for(state="hidden")
-    return [decode_key(i.removeprefix("Line-")) for i in page.eval_on_selector_all("path.Line", "ps => ps.map(p => p.id)")]
+    line_ids = page.eval_on_selector_all("path.Line", "paths => paths.map(p => p.id)")
+    return [decode_key(line_id.removeprefix("Line-")) for line_id in line_ids]
 
 
 def screenshot(page: Any, path: Path) -> None:

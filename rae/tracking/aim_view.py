@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,10 +29,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 from urllib.parse import quote
 
-from rae.tracking.compare import DEFAULT_METRICS, DEFAULT_PARAMS, metric_columns, parse_metric_specs, query_runs, run_row
+from rae.tracking.compare import (
+    DEFAULT_METRICS,
+    DEFAULT_PARAMS,
+    metric_columns,
+    parse_metric_specs,
+    query_runs,
+    run_row,
+)
 from rae.tracking.values import HPARAMS
 
 VIEW_NAME = "rae: runs"  # the bookmark's name; saving the view again updates that bookmark
@@ -222,6 +230,13 @@ def save_view(url: str, view: RunsView, name: str = VIEW_NAME) -> str:
 def view_url(url: str, app_id: str) -> str:
     """Where the browser opens a saved Params-explorer view."""
     return f"{url}/params/{app_id}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, for an `aim up` of its own (tests, screenshots)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def aim_command() -> str:
