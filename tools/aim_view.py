@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rae.tracking.aim_view import (  # noqa: E402
     AimServerError,
+    RunsView,
     metric_label,
     runs_view,
     save_view,
@@ -25,6 +26,8 @@ from rae.tracking.aim_view import (  # noqa: E402
     view_url,
 )
 from rae.tracking.compare import CompareError  # noqa: E402
+
+NAME_COLUMNS_PX = 560  # the sidebar, the run's name, its Aim experiment and the table's margins
 
 
 def main(argv=None) -> int:
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
         link = view_url(url, save_view(url, view))
         print(f"runs view (also under Bookmarks as 'rae: runs'): {link}")
         if args.screenshots is not None:
-            take_screenshots(url, link, args.repo, args.query, args.metric, args.screenshots)
+            take_screenshots(url, link, view, args.repo, args.metric, args.screenshots)
         elif server is not None:
             print(f"`aim up --repo {args.repo}` serves at {url}; Ctrl-C stops it")
             server.wait()
@@ -76,16 +79,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def take_screenshots(url: str, link: str, repo: str, query: str, metric: str, folder: Path) -> None:
-    """aim_runs.png: the view's table; aim_metrics.png: ``metric`` of every run the query matches."""
+def take_screenshots(url: str, link: str, view: RunsView, repo: str, metric: str, folder: Path) -> None:
+    """aim_runs.png: the view, in a window as wide as its table; aim_metrics.png: ``metric`` of its runs."""
     from rae.tracking import aim_browser
     from rae.tracking.compare import query_runs
 
     lacking = aim_browser.missing()
     if lacking:
         raise AimServerError(f"--screenshots needs {' and '.join(lacking)} (pip install -e '.[test]')")
-    names = [run.name for run in query_runs(repo, query)]
-    with aim_browser.browser_page() as page:
+    names = [run.name for run in query_runs(repo, view.query)]
+    width = NAME_COLUMNS_PX + sum(view.state()["table"]["columnsWidths"].values())
+    with aim_browser.browser_page({"width": max(width, 1280), "height": 760}) as page:
         aim_browser.open_view(page, link, names)
         aim_browser.screenshot(page, folder / "aim_runs.png")
         aim_browser.plot_metric(page, url, metric, len(names))
