@@ -92,6 +92,7 @@ def take_screenshots(url: str, link: str, view: RunsView, repo: str, metric: str
     with aim_browser.browser_page({"width": max(width, 1280), "height": 760}) as page:
         aim_browser.open_view(page, link, names)
         aim_browser.screenshot(page, folder / "aim_runs.png")
+        page.set_viewport_size(aim_browser.VIEWPORT)
         aim_browser.plot_metric(page, url, metric, len(names))
         aim_browser.screenshot(page, folder / "aim_metrics.png")
     print(f"saved {folder / 'aim_runs.png'} and {folder / 'aim_metrics.png'}")

@@ -46,7 +46,7 @@ VIEW_NAME = "rae: runs"  # the bookmark's name; saving the view again updates th
 AIM_COLUMNS = ("experiment", "experiment_description", "hash", "run", "description", "date", "duration", "tags")
 SHOWN_AIM_COLUMNS = ("run", "experiment")  # Aim's own columns the view keeps: the run's name, its Aim experiment
 CHART_SKIPS = ("status",)  # a table column, no axis of the chart
-CHAR_PX, PAD_PX = 7.5, 48  # a column as wide as its header: the UI's header font, its sort and menu icons
+CHAR_PX, PAD_PX = 8, 72  # a column as wide as its header: the UI's header font, its sort and menu icons
 SHOWN_PARAMS = ("status", *(f"{HPARAMS}.{key}" for key in DEFAULT_PARAMS))
 COLORS = ("#3E72E7", "#18AB6D", "#7A4CE0", "#E149A0", "#E43D3D", "#E8853D", "#0394B4", "#729B1B")  # the UI's palette
 ENCODE_URI_SAFE = ";,/?:@&=+$!*'()#"  # what JavaScript's encodeURI leaves as is, besides letters, digits and -_.~
