@@ -509,5 +509,6 @@ def _execute_and_report(spec: RunSpec, folder: RunFolder, accelerator: Accelerat
     for key, value in (summary or {}).items():
         print(f"  {key}: {value}")
     if spec.tracker is None:
-        print(f"compare runs in the Aim UI: aim up --repo {spec.run_root}")
+        print(f"compare runs in the Aim UI: python tools/aim_view.py --repo {spec.run_root} "
+              f"(aim up --repo {spec.run_root} with a saved view of the columns that compare them)")
     return 0

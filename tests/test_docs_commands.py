@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import re
+import runpy
 import shlex
 import shutil
 import sys
@@ -209,6 +210,20 @@ def test_compare_command_runs_on_a_repo(doc, argv, aim_dir, monkeypatch, capsys)
     assert "toy_tracking" in table or "toy/" in table, table
 
 
+@pytest.mark.parametrize("doc, argv", [c for c in CASES if "tools/aim_view.py" in c.values[1]])
+def test_aim_view_command_builds_its_view_of_a_repo(doc, argv, aim_dir, monkeypatch, capsys):
+    """Against an Aim repo holding one run, as a dry run (no `aim up` starts): the command as written, then
+    without its query, so the view's columns are built from the run."""
+    main = runpy.run_path(str(ROOT / "tools" / "aim_view.py"))["main"]
+    assert run_toy(aim_dir / "runs") == 0
+    monkeypatch.chdir(aim_dir)
+    assert argv[:2] == ["python", "tools/aim_view.py"]
+    assert main(argv[2:] + ["--dry_run"]) == 0  # as written: a query may match nothing there
+    capsys.readouterr()
+    assert main([a for a in argv[2:] if not a.startswith("run.")] + ["--dry_run"]) == 0
+    assert capsys.readouterr().out.startswith("the view shows: status, hparams.experiment.name")
+
+
 def extras() -> set[str]:
     text = (ROOT / "setup.cfg").read_text()
     section = text[text.index("[options.extras_require]"):]
@@ -216,7 +231,7 @@ def extras() -> set[str]:
     return set(re.findall(r"^(\w+) =", section, re.MULTILINE))
 
 
-TOOLS = ("tools/run.py", "tools/bench.py", "tools/compare.py")
+TOOLS = ("tools/run.py", "tools/bench.py", "tools/compare.py", "tools/aim_view.py")
 
 
 @pytest.mark.parametrize("doc, argv", [c for c in CASES if not set(TOOLS) & set(c.values[1])])

@@ -92,20 +92,29 @@ def parse_metric_specs(spec: str) -> list[tuple[str, str]]:
     return parsed
 
 
-def read_runs(repo_path: str, query: str = "") -> list[RunRow]:
-    """The runs matching an Aim QL query, oldest first, with their params and metric series."""
+def query_runs(repo_path: str, query: str = "") -> list[Any]:
+    """The Aim runs of the repo in ``repo_path`` that match an Aim QL query, in Aim's order."""
     if not (Path(repo_path) / ".aim").is_dir():
         raise CompareError(f"no Aim repo at '{repo_path}' (expected a folder with '.aim' inside, e.g. --repo runs)")
     repo = Repo.from_path(str(repo_path))
     try:
-        found = [item.run for item in repo.query_runs(query, report_mode=QueryReportMode.DISABLED).iter_runs()]
+        return [item.run for item in repo.query_runs(query, report_mode=QueryReportMode.DISABLED).iter_runs()]
     except SyntaxError as exc:  # Aim wraps its parser's message in a tuple
         detail = exc.msg[0] if isinstance(exc.msg, tuple) else exc.msg
         raise CompareError(f"bad query {query!r}: {detail}") from exc
+
+
+def run_row(run: Any) -> RunRow:
+    """A run's name, status and params, its metric series not yet read."""
+    params = _params(run)
+    return RunRow(run.name or run.hash, str(params.get("status", "-")), run.creation_time, params)
+
+
+def read_runs(repo_path: str, query: str = "") -> list[RunRow]:
+    """The runs matching an Aim QL query, oldest first, with their params and metric series."""
     rows = []
-    for run in found:
-        params = _params(run)
-        row = RunRow(run.name or run.hash, str(params.get("status", "-")), run.creation_time, params)
+    for run in query_runs(repo_path, query):
+        row = run_row(run)
         for metric in run.metrics():
             context = tuple(sorted(metric.context.to_dict().items()))
             row.series[(metric.name, context)] = [value for _, (value, *_) in metric.data.items()]
