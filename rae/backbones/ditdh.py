@@ -15,7 +15,6 @@ from rae.backbones.base import Backbone, BackboneOutput, frozen_position_embeddi
 from rae.backbones.sizes import resolve_size
 from rae.nn.block import AdaLNBlock
 from rae.nn.final_layer import FinalLayer
-from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
 from rae.nn.patch import PatchEmbed, unpatchify
 from rae.nn.rope import RotaryEmbedding2D
@@ -28,6 +27,8 @@ class DiTDH(Backbone):
     """``size`` (S, B, L, XL) or explicit ``hidden_size``/``depth``/``num_heads`` set the body;
     the head defaults to the paper's 2048 wide, 2 deep, 16 heads. Body and head share one patch size.
     """
+
+    linear_init = "torch"  # as released: linear layers keep PyTorch's default init (LightningDiT uses xavier)
 
     def __init__(
         self,
@@ -87,11 +88,6 @@ class DiTDH(Backbone):
 
     def token_width(self, block: int) -> int:
         return self.hidden_size if block <= len(self.body) else self.head_hidden_size
-
-    def initialize_weights(self) -> None:
-        # As released: linear layers keep PyTorch's default init (LightningDiT uses xavier).
-        if initialize(self, linear_init="torch"):
-            self.reset_position_embedding(self.pos_embed)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None

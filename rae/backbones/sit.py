@@ -17,7 +17,6 @@ from rae.backbones.base import Backbone, BackboneOutput, frozen_position_embeddi
 from rae.backbones.sizes import resolve_size
 from rae.nn.block import AdaLNBlock
 from rae.nn.final_layer import FinalLayer
-from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
 from rae.nn.patch import PatchEmbed, unpatchify
 from rae.nn.timestep import SinusoidalTimestepEmbedder
@@ -92,13 +91,6 @@ class SiT(Backbone):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
-
-    def token_width(self, block: int) -> int:
-        return self.hidden_size
-
-    def initialize_weights(self) -> None:
-        if initialize(self, linear_init="xavier"):
-            self.reset_position_embedding(self.pos_embed)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None
