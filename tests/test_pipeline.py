@@ -9,6 +9,7 @@ from aim import Repo
 
 from rae.run_file import RunFile, set_run_root
 from rae.runner import main
+from tiny_gin import tiny_ditdh
 
 # latent stats -> a normalised latent cache -> stage 2 on the cache, one random DINOv2-S shared
 # by every stage (a gin singleton), on 16 embedded images at 56 px.
@@ -54,16 +55,7 @@ stage2.transport = @loss.transport()
 stage2.latents = @dataset.latent_cache()
 latent_cache.path = @cache/run_file()
 stage2.autoencoder = @AE/singleton()
-ditdh.hidden_size = 32
-ditdh.depth = 1
-ditdh.num_heads = 2
-ditdh.head_hidden_size = 32
-ditdh.head_depth = 1
-ditdh.head_num_heads = 2
-ditdh.input_size = 4
-ditdh.patch_size = 1
-ditdh.in_channels = 384
-ditdh.num_classes = 10
+""" + tiny_ditdh(10) + """
 stage2.batch_size = 4
 stage2.total_steps = 3
 stage2.num_workers = 0

@@ -12,6 +12,7 @@ from rae.accelerator import Accelerator
 from rae.experiments.base import RunContext
 from rae.runner import build_spec, main, parse_gin
 from rae.tracking.tracker import Tracker
+from tiny_gin import tiny_ditdh
 
 CONFIG = """
 include 'decoders/vit_tiny.gin'
@@ -19,16 +20,7 @@ include 'transport/rae_linear.gin'
 run.experiment = @experiment.sample()
 run.allow_random_weights = True
 sample.backbone = @backbone.ditdh()
-ditdh.hidden_size = 32
-ditdh.depth = 1
-ditdh.num_heads = 2
-ditdh.head_hidden_size = 32
-ditdh.head_depth = 1
-ditdh.head_num_heads = 2
-ditdh.input_size = 4
-ditdh.patch_size = 1
-ditdh.in_channels = 384
-ditdh.num_classes = 5
+""" + tiny_ditdh(5) + """
 sample.autoencoder = @autoencoder.rae()
 rae.encoder = @encoder.dinov2()
 dinov2.variant = "small"
