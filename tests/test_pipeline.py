@@ -9,11 +9,11 @@ from aim import Repo
 
 from rae.run_file import RunFile, set_run_root
 from rae.runner import main
-from tiny_gin import tiny_ditdh
 
+TINY_DITDH = Path(__file__).parent / "fixtures" / "gin" / "ditdh_tiny.gin"
 # latent stats -> a normalised latent cache -> stage 2 on the cache, one random DINOv2-S shared
 # by every stage (a gin singleton), on 16 embedded images at 56 px.
-PIPELINE = """
+PIPELINE = f"include '{TINY_DITDH}'\n" + """
 include 'data/embedded.gin'
 include 'decoders/vit_tiny.gin'
 include 'transport/rae_linear.gin'
@@ -55,7 +55,7 @@ stage2.transport = @loss.transport()
 stage2.latents = @dataset.latent_cache()
 latent_cache.path = @cache/run_file()
 stage2.autoencoder = @AE/singleton()
-""" + tiny_ditdh(10) + """
+ditdh.num_classes = 10
 stage2.batch_size = 4
 stage2.total_steps = 3
 stage2.num_workers = 0

@@ -12,15 +12,15 @@ from rae.accelerator import Accelerator
 from rae.experiments.base import RunContext
 from rae.runner import build_spec, main, parse_gin
 from rae.tracking.tracker import Tracker
-from tiny_gin import tiny_ditdh
 
-CONFIG = """
+TINY_DITDH = Path(__file__).parent / "fixtures" / "gin" / "ditdh_tiny.gin"
+CONFIG = f"include '{TINY_DITDH}'\n" + """
 include 'decoders/vit_tiny.gin'
 include 'transport/rae_linear.gin'
 run.experiment = @experiment.sample()
 run.allow_random_weights = True
 sample.backbone = @backbone.ditdh()
-""" + tiny_ditdh(5) + """
+ditdh.num_classes = 5
 sample.autoencoder = @autoencoder.rae()
 rae.encoder = @encoder.dinov2()
 dinov2.variant = "small"
