@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from rae.encoders.hf import CONFIG_DIR, PUBLISHED, offline, read_hub_or_folder
+from rae.encoders.hf import CONFIG_DIR, PUBLISHED, copy_weights, offline, read_hub_or_folder
 from rae.registry import TEXT_ENCODERS
 from rae.weights import Pretrained
 
@@ -148,10 +148,7 @@ class CLIPTextEncoder(nn.Module, Pretrained):
         if pretrained is None:
             self._fallback_tokenizer(log)
             return
-        try:
-            self.model.load_state_dict(pretrained.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(f"weights from {source} do not fit the CLIP text encoder: {exc}") from None
+        copy_weights(self.model, pretrained.state_dict(), source, "the CLIP text encoder")
         log.info("loaded CLIP text encoder weights from %s", source)
 
     def _fallback_tokenizer(self, log: logging.Logger) -> None:

@@ -93,6 +93,14 @@ def read_hub_or_folder(read: Callable[[str], T], source: str | None, what: str, 
         return None
 
 
+def copy_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Copy a read state dict into ``module``, every key; a mismatch is a ValueError naming ``what`` and the source."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"weights from {source} do not fit {what}: {exc}") from None
+
+
 def resolve(weights: str | None, hub_id: str) -> tuple[str | None, Architecture]:
     """``weights`` with `PUBLISHED` replaced by ``hub_id``, and the architecture it implies."""
     weights = hub_id if weights == PUBLISHED else weights

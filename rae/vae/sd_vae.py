@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rae.encoders.hf import read_hub_or_folder
+from rae.encoders.hf import copy_weights, read_hub_or_folder
 from rae.hub import offline
 from rae.registry import AUTOENCODERS
 from rae.weights import Pretrained
@@ -158,8 +158,5 @@ class SDVAE(nn.Module, Pretrained):
                                         source, what, how, allow_random, log)
         if pretrained is None:
             return
-        try:
-            self.vae.load_state_dict(pretrained.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(f"weights from {source} do not fit the sd_vae architecture: {exc}") from None
+        copy_weights(self.vae, pretrained.state_dict(), source, "the sd_vae architecture")
         log.info("loaded SD VAE weights from %s", source)
