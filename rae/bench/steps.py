@@ -77,8 +77,9 @@ def compile_network(net: nn.Module, reference: bool) -> nn.Module:
 
 def timed_training_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
                         params: list[nn.Parameter], acc: Accelerator, recipe: Recipe, reference: bool) -> Step:
-    """One training step as each side runs it, each phase labelled: the release zeroes the gradients first,
-    then clips with ``clip_grad_norm_`` and steps its fused AdamW; ours clips, steps and zeroes in ``optimizer_step``."""
+    """One training step as each side runs it, each phase labelled: the release zeroes the gradients
+    first, then clips (``clip_grad_norm_``) and steps its fused AdamW; ours clips, steps and zeroes
+    them in ``optimizer_step``."""
     def step() -> None:
         if reference:
             optimizer.zero_grad(set_to_none=True)

@@ -51,7 +51,8 @@ class Autoguidance(nn.Module, Pretrained, IntervalGuidance):
     def pairs(self, velocity: VelocityFn, inputs: GuidanceInputs) -> PairFn:
         guide = inputs.velocity(self.guide)
 
-        def guide_and_main(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        def guide_and_main(x: torch.Tensor, t: torch.Tensor,
+                           y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             v_main = velocity(x, t, y)
             return guide(x, t, y), v_main
 

@@ -22,7 +22,8 @@ class ClassifierFreeGuidance(IntervalGuidance):
     def pairs(self, velocity: VelocityFn, inputs: GuidanceInputs) -> PairFn:
         null_like = inputs.null_like()
 
-        def conditional_and_null(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        def conditional_and_null(x: torch.Tensor, t: torch.Tensor,
+                                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             both = velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null_like(y)]))
             cond, uncond = both.chunk(2)
             return uncond, cond

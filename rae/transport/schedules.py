@@ -62,7 +62,10 @@ class Uniform(TimeSchedule):
 
 
 class WarpedNormal(TimeSchedule):
-    """t = warp(mean + std z), z ~ N(0, 1), for an increasing ``warp`` onto [0, 1]; CDF Phi((unwarp(t) - mean) / std)."""
+    """t = warp(mean + std z), z ~ N(0, 1), for an increasing ``warp`` onto [0, 1]; CDF Phi((unwarp(t) - mean) / std).
+
+    ``name`` is the registered name, for the messages of the checks.
+    """
 
     name: str
 
