@@ -45,10 +45,6 @@ FID_IMAGES = 50_000
 MALLOC = ("keep", "default")
 
 
-class VersusError(ValueError):
-    """A bad argument; exits 2 with its message."""
-
-
 @dataclass(frozen=True)
 class Side:
     """One implementation to time: ``base`` (reference | ours) plus options."""
@@ -56,6 +52,10 @@ class Side:
     name: str
     base: str
     compile: bool = False
+
+
+class VersusError(ValueError):
+    """A bad argument; exits 2 with its message."""
 
 
 def parse_sides(text: str) -> list[Side]:
