@@ -35,6 +35,7 @@ from transformers import (
 # elementwise op measured 500x slower than 1 thread on a busy 2-core machine).
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -85,6 +86,15 @@ def tiny_mae(folder: Path) -> Path:
 def unlocked_gin():
     """A test that runs the runner leaves gin's config finalized and locked; later tests that
     register plugins (as importing a user's module does) need it open again."""
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture
+def clean_gin():
+    """An empty gin config that finds the repository's fragments (``include 'backbones/...'``); emptied after."""
+    gin.clear_config()
+    gin.add_config_file_search_path(str(ROOT / "gin"))
     yield
     gin.clear_config()
 

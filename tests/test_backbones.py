@@ -134,14 +134,6 @@ def test_size_presets_and_errors():
 FRAGMENTS = sorted((ROOT / "gin" / "backbones").glob("*_[sblx]*.gin"))
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    gin.add_config_file_search_path(str(ROOT / "gin"))
-    yield
-    gin.clear_config()
-
-
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.stem)
 def test_gin_fragments_build_the_documented_model(fragment, clean_gin):
     documented = re.search(r"# parameters: ([\d,]+)", fragment.read_text())

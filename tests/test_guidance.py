@@ -146,14 +146,6 @@ def test_autoguidance_loads_the_guide_checkpoint_with_the_weights(tmp_path, capl
 
 # ---- gin fragments ----
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    gin.add_config_file_search_path(str(ROOT / "gin"))
-    yield
-    gin.clear_config()
-
-
 def parse(*lines: str) -> None:
     gin.parse_config("\n".join(lines))
 

@@ -142,23 +142,24 @@ def test_reconstruct_image_with_a_centre_crop_reports_psnr_and_reads_hub_paths(t
         assert grid.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # original and reconstruction side by side
 
 
+def run_reconstruct_image(tmp_path: Path, image: Path) -> int:
+    """The runner's exit code for ``reconstruct_image`` of ``image`` with the tiny autoencoder, runs under tmp_path."""
+    return main(["--gin", str(ROOT / "experiments/reconstruct_tiny.gin"),
+                 "--gin_param", "run.experiment = @experiment.reconstruct_image()",
+                 "--gin_param", "reconstruct_image.autoencoder = @autoencoder.rae()",
+                 "--gin_param", f"reconstruct_image.image = '{image}'",
+                 "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'"])
+
+
 def test_reconstruct_image_refuses_a_missing_image(tmp_path, capsys):
-    rc = main(["--gin", str(ROOT / "experiments/reconstruct_tiny.gin"),
-               "--gin_param", "run.experiment = @experiment.reconstruct_image()",
-               "--gin_param", "reconstruct_image.autoencoder = @autoencoder.rae()",
-               "--gin_param", f"reconstruct_image.image = '{tmp_path / 'nope.png'}'",
-               "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'"])
+    rc = run_reconstruct_image(tmp_path, tmp_path / "nope.png")
     assert rc == 2
     assert f"cannot run: reconstruct_image.image: no such file {tmp_path / 'nope.png'}" in capsys.readouterr().err
 
 
 def test_reconstruct_image_runs_through_the_runner(tmp_path):
     random_image(7, 32, 32).save(tmp_path / "img.png")
-    rc = main(["--gin", str(ROOT / "experiments/reconstruct_tiny.gin"),
-               "--gin_param", "run.experiment = @experiment.reconstruct_image()",
-               "--gin_param", "reconstruct_image.autoencoder = @autoencoder.rae()",
-               "--gin_param", f"reconstruct_image.image = '{tmp_path / 'img.png'}'",
-               "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'"])
+    rc = run_reconstruct_image(tmp_path, tmp_path / "img.png")
     assert rc == 0
     (folder,) = (tmp_path / "runs" / "reconstruct_tiny").iterdir()
     with Image.open(folder / "recon.png") as png:

@@ -10,9 +10,10 @@ from aim import Repo
 from rae.run_file import RunFile, set_run_root
 from rae.runner import main
 
+TINY_DITDH = Path(__file__).parent / "fixtures" / "gin" / "ditdh_tiny.gin"
 # latent stats -> a normalised latent cache -> stage 2 on the cache, one random DINOv2-S shared
 # by every stage (a gin singleton), on 16 embedded images at 56 px.
-PIPELINE = """
+PIPELINE = f"include '{TINY_DITDH}'\n" + """
 include 'data/embedded.gin'
 include 'decoders/vit_tiny.gin'
 include 'transport/rae_linear.gin'
@@ -54,15 +55,6 @@ stage2.transport = @loss.transport()
 stage2.latents = @dataset.latent_cache()
 latent_cache.path = @cache/run_file()
 stage2.autoencoder = @AE/singleton()
-ditdh.hidden_size = 32
-ditdh.depth = 1
-ditdh.num_heads = 2
-ditdh.head_hidden_size = 32
-ditdh.head_depth = 1
-ditdh.head_num_heads = 2
-ditdh.input_size = 4
-ditdh.patch_size = 1
-ditdh.in_channels = 384
 ditdh.num_classes = 10
 stage2.batch_size = 4
 stage2.total_steps = 3

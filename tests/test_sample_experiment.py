@@ -13,21 +13,13 @@ from rae.experiments.base import RunContext
 from rae.runner import build_spec, main, parse_gin
 from rae.tracking.tracker import Tracker
 
-CONFIG = """
+TINY_DITDH = Path(__file__).parent / "fixtures" / "gin" / "ditdh_tiny.gin"
+CONFIG = f"include '{TINY_DITDH}'\n" + """
 include 'decoders/vit_tiny.gin'
 include 'transport/rae_linear.gin'
 run.experiment = @experiment.sample()
 run.allow_random_weights = True
 sample.backbone = @backbone.ditdh()
-ditdh.hidden_size = 32
-ditdh.depth = 1
-ditdh.num_heads = 2
-ditdh.head_hidden_size = 32
-ditdh.head_depth = 1
-ditdh.head_num_heads = 2
-ditdh.input_size = 4
-ditdh.patch_size = 1
-ditdh.in_channels = 384
 ditdh.num_classes = 5
 sample.autoencoder = @autoencoder.rae()
 rae.encoder = @encoder.dinov2()

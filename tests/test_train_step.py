@@ -1,6 +1,7 @@
 """Gradient accumulation equals one large batch; schedules, EMA and RNG capture behave."""
 import math
 import random
+from typing import Any
 
 import pytest
 import torch
@@ -79,15 +80,20 @@ def test_lr_schedules_match_their_formulas():
         lr_factor(0, "step", 0, 0, 1.0)
 
 
-def test_scheduler_drives_the_optimizer_lr():
+def scheduled_lrs(**options: Any) -> list[float]:
+    """The lr of a 2e-4 optimizer at each of six steps under a linear ``make_scheduler`` (warmup 2, decay to 4)."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-4)
-    sched = make_scheduler(opt, "linear", warmup_steps=2, decay_end_step=4, final_lr=2e-5)
+    sched = make_scheduler(opt, "linear", warmup_steps=2, decay_end_step=4, final_lr=2e-5, **options)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([1e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
+    return lrs
+
+
+def test_scheduler_drives_the_optimizer_lr():
+    assert scheduled_lrs() == pytest.approx([1e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
 
 
 def _released_factor(step: int, steps_per_epoch: int, warmup_from_zero: bool) -> float:
@@ -116,14 +122,7 @@ def test_the_released_stage2_lr_per_step(warmup, from_zero):
 
 
 def test_a_constant_warmup_scheduler_holds_the_base_lr():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-4)
-    sched = make_scheduler(opt, "linear", warmup_steps=2, decay_end_step=4, final_lr=2e-5, warmup="constant")
-    lrs = []
-    for _ in range(6):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == pytest.approx([2e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
+    assert scheduled_lrs(warmup="constant") == pytest.approx([2e-4, 2e-4, 2e-4, 1.1e-4, 2e-5, 2e-5])
 
 
 def test_ema_update_formula_and_buffers():

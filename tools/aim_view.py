@@ -14,17 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rae.tracking.aim_view import (  # noqa: E402
-    AimServerError,
-    RunsView,
-    metric_label,
-    runs_view,
-    save_view,
-    served_repo,
-    start_aim_up,
-    stop_aim_up,
-    view_url,
-)
+from rae.tracking.aim_view import (AimServerError, RunsView, metric_label, runs_view, save_view,  # noqa: E402
+                                   served_repo, start_aim_up, stop_aim_up, view_url)
 from rae.tracking.compare import CompareError  # noqa: E402
 
 NAME_COLUMNS_PX = 560  # the sidebar, the run's name, its Aim experiment and the table's margins

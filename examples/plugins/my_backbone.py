@@ -2,8 +2,10 @@
 
 Subclass `rae.backbones.base.Backbone`: call its ``__init__`` with the latent shape (it gives
 ``latent_shape``, ``grid_size``, ``check_inputs``), set ``y_embedder`` (a `LabelEmbedder`: the
-experiments read ``num_classes`` and ``null_label`` from it) and implement ``num_blocks``,
-``token_width`` (REPA projects the tokens after a block), ``initialize_weights`` and ``forward``.
+experiments read ``num_classes`` and ``null_label`` from it) and ``hidden_size``, and implement
+``num_blocks`` and ``forward``. The base class's ``token_width`` (REPA projects the tokens after a
+block) is ``hidden_size``, and its ``initialize_weights`` is DiT's init (xavier linears, then each
+embedder's own rule; nothing on the meta device): override them for another width or init.
 
     python tools/run.py --import examples/plugins/my_backbone.py --gin examples/plugins/my_backbone.gin
 """
@@ -13,7 +15,6 @@ import torch
 from torch import nn
 
 from rae.backbones.base import Backbone, BackboneOutput
-from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
 from rae.nn.timestep import SinusoidalTimestepEmbedder
 from rae.registry import BACKBONES
@@ -41,12 +42,6 @@ class TokenMLP(Backbone):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
-
-    def token_width(self, block: int) -> int:
-        return self.hidden_size
-
-    def initialize_weights(self) -> None:
-        initialize(self)  # xavier linears, then each embedder's own rule; nothing on the meta device
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 return_tokens_at: int | None = None) -> BackboneOutput:

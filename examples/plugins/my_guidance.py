@@ -1,11 +1,13 @@
 """A guidance plugin: the rule that builds the sampler's velocity v(x, t, y) from the backbone.
 
-Subclass `rae.sampling.guidance.Guidance` and implement ``velocity_fn(model, *, to_velocity,
-num_classes, null_condition)``: it returns the function the sampler integrates. ``as_velocity``
-turns the model's prediction into velocity (``to_velocity``, the transport's conversion) and refuses a
-model left in training mode; `rae.sampling.cfg.null_condition_fn` gives the unconditional ``y``. A rule
-that holds a network (autoguidance's guide) is also an ``nn.Module``, so it moves to the device and
-loads its weights with the other models.
+Subclass `rae.sampling.guidance.Guidance` and implement ``guided_velocity(inputs)``: it returns the
+function the sampler integrates (the base class's ``velocity_fn(model, *, to_velocity, num_classes,
+null_condition)`` gathers ``inputs``). ``inputs.velocity()`` is the model's prediction turned into
+velocity by the transport's conversion, refusing a model left in training mode; ``inputs.null_like()``
+gives the unconditional ``y``. A rule that mixes a reference into the conditional velocity only on a
+time interval subclasses `IntervalGuidance` instead and implements ``pairs``. A rule that holds a
+network (autoguidance's guide) is also an ``nn.Module``, so it moves to the device and loads its
+weights with the other models.
 
     python tools/run.py --import examples/plugins/my_guidance.py --gin examples/plugins/my_guidance.gin
 """
@@ -15,8 +17,7 @@ import torch
 
 from rae.registry import GUIDANCE
 from rae.sampling.base import VelocityFn
-from rae.sampling.cfg import null_condition_fn
-from rae.sampling.guidance import Guidance, Predictor, ToVelocity, as_velocity
+from rae.sampling.guidance import Guidance, GuidanceInputs
 
 
 @GUIDANCE.register("ramp_cfg")
@@ -28,10 +29,8 @@ class RampCFG(Guidance):
             raise ValueError(f"ramp_cfg.scale must be >= 0, got {scale}")
         self.scale = scale
 
-    def velocity_fn(self, model: Predictor, *, to_velocity: ToVelocity | None = None, num_classes: int | None = None,
-                    null_condition: torch.Tensor | None = None) -> VelocityFn:
-        velocity = as_velocity(model, to_velocity)
-        null_like = null_condition_fn(model, num_classes, null_condition)
+    def guided_velocity(self, inputs: GuidanceInputs) -> VelocityFn:
+        velocity, null_like = inputs.velocity(), inputs.null_like()
 
         def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
             if y is None:

@@ -24,6 +24,7 @@ import abc
 import torch
 from torch import nn
 
+from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
 from rae.nn.position import sincos_2d_position_embedding
 from rae.nn.rope import RotaryEmbedding2D
@@ -38,9 +39,12 @@ class Backbone(nn.Module, abc.ABC):
     in_channels: int
     input_size: int
     patch_size: int
+    hidden_size: int
     y_embedder: LabelEmbedder
     condition: str = "label"
     """What ``y`` is, one of ``CONDITIONS`` (see the module docstring)."""
+    linear_init: str = "xavier"
+    """How the default ``initialize_weights`` starts the linear layers (`rae.nn.init.LINEAR_INITS`)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,13 +83,15 @@ class Backbone(nn.Module, abc.ABC):
     def num_blocks(self) -> int:
         """Transformer blocks in order of computation (valid ``return_tokens_at`` are 1..num_blocks)."""
 
-    @abc.abstractmethod
     def token_width(self, block: int) -> int:
-        """Channels of the tokens after block ``block`` (1-based)."""
+        """Channels of the tokens after block ``block`` (1-based): ``hidden_size`` unless the width changes."""
+        return self.hidden_size
 
-    @abc.abstractmethod
     def initialize_weights(self) -> None:
-        """Initialise every weight in place; does nothing on the meta device."""
+        """DiT's init in place (``linear_init`` linears, each block's own rule, sin-cos ``pos_embed`` if any);
+        does nothing on the meta device."""
+        if initialize(self, linear_init=self.linear_init):
+            self.reset_position_embedding(getattr(self, "pos_embed", None))
 
     @abc.abstractmethod
     def forward(

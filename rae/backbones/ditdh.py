@@ -11,74 +11,50 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rae.backbones.base import Backbone, BackboneOutput, frozen_position_embedding, run_blocks
+from rae.backbones.base import Backbone, BackboneOutput, run_blocks
+from rae.backbones.options import DiTOptions, takes_options
 from rae.backbones.sizes import resolve_size
-from rae.nn.block import AdaLNBlock
 from rae.nn.final_layer import FinalLayer
-from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
 from rae.nn.patch import PatchEmbed, unpatchify
-from rae.nn.rope import RotaryEmbedding2D
 from rae.nn.timestep import FourierTimestepEmbedder
 from rae.registry import BACKBONES
 
 
 @BACKBONES.register("ditdh")
+@takes_options(DiTOptions)
 class DiTDH(Backbone):
     """``size`` (S, B, L, XL) or explicit ``hidden_size``/``depth``/``num_heads`` set the body;
-    the head defaults to the paper's 2048 wide, 2 deep, 16 heads. Body and head share one patch size.
+    the head defaults to the paper's 2048 wide, 2 deep, 16 heads. Body and head share one patch
+    size and the other options, `DiTOptions`' fields, keyword arguments of their own.
     """
 
-    def __init__(
-        self,
-        size: str | None = None,
-        hidden_size: int | None = None,
-        depth: int | None = None,
-        num_heads: int | None = None,
-        *,
-        head_hidden_size: int = 2048,
-        head_depth: int = 2,
-        head_num_heads: int = 16,
-        input_size: int = 16,
-        patch_size: int = 1,
-        in_channels: int = 768,
-        num_classes: int = 1000,
-        class_dropout_prob: float = 0.1,
-        mlp_ratio: float = 4.0,
-        use_swiglu: bool = True,
-        use_rope: bool = True,
-        use_rmsnorm: bool = True,
-        use_qknorm: bool = False,
-        wo_shift: bool = False,
-        use_pos_embed: bool = True,
-    ) -> None:
-        super().__init__(in_channels, input_size, patch_size)
+    linear_init = "torch"  # as released: linear layers keep PyTorch's default init (LightningDiT uses xavier)
+
+    def __init__(self, size: str | None = None, hidden_size: int | None = None, depth: int | None = None,
+                 num_heads: int | None = None, *, head_hidden_size: int = 2048, head_depth: int = 2,
+                 head_num_heads: int = 16, options: DiTOptions) -> None:
+        super().__init__(options.in_channels, options.input_size, options.patch_size)
         hidden_size, depth, num_heads = resolve_size("ditdh", size, hidden_size, depth, num_heads)
         self.hidden_size = hidden_size
         self.head_hidden_size = head_hidden_size
-        tokens = self.grid_size**2
-
-        def block(dim: int, heads: int) -> AdaLNBlock:
-            return AdaLNBlock(dim, heads, mlp_ratio, mlp="swiglu" if use_swiglu else "gelu",
-                              norm="rms" if use_rmsnorm else "layer", qk_norm=use_qknorm, shift=not wo_shift)
+        in_channels, patch_size = self.in_channels, self.patch_size
 
         # ---- Body: a DiT on the noisy latent, conditioned on time and label ----
         self.s_embedder = PatchEmbed(in_channels, hidden_size, patch_size)
-        self.pos_embed = frozen_position_embedding(tokens, hidden_size) if use_pos_embed else None
+        self.pos_embed = options.position_embedding(hidden_size)
         self.t_embedder = FourierTimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        self.body_rope = RotaryEmbedding2D(hidden_size // num_heads, self.grid_size) if use_rope else None
-        self.body = nn.ModuleList(block(hidden_size, num_heads) for _ in range(depth))
+        self.y_embedder = LabelEmbedder(options.num_classes, hidden_size, options.class_dropout_prob)
+        self.body_rope = options.rope(hidden_size, num_heads)
+        self.body = nn.ModuleList(options.block(hidden_size, num_heads) for _ in range(depth))
 
         # ---- Head: wide and shallow, conditioned per token on the body's output ----
         self.s_projector = (nn.Linear(hidden_size, head_hidden_size)
                             if hidden_size != head_hidden_size else nn.Identity())
         self.x_embedder = PatchEmbed(in_channels, head_hidden_size, patch_size)
-        self.head_rope = (RotaryEmbedding2D(head_hidden_size // head_num_heads, self.grid_size)
-                          if use_rope else None)
-        self.head = nn.ModuleList(block(head_hidden_size, head_num_heads) for _ in range(head_depth))
-        self.final_layer = FinalLayer(head_hidden_size, patch_size, in_channels,
-                                      norm="rms" if use_rmsnorm else "layer")
+        self.head_rope = options.rope(head_hidden_size, head_num_heads)
+        self.head = nn.ModuleList(options.block(head_hidden_size, head_num_heads) for _ in range(head_depth))
+        self.final_layer = FinalLayer(head_hidden_size, patch_size, in_channels, norm=options.norm)
         self.initialize_weights()
 
     @property
@@ -87,11 +63,6 @@ class DiTDH(Backbone):
 
     def token_width(self, block: int) -> int:
         return self.hidden_size if block <= len(self.body) else self.head_hidden_size
-
-    def initialize_weights(self) -> None:
-        # As released: linear layers keep PyTorch's default init (LightningDiT uses xavier).
-        if initialize(self, linear_init="torch"):
-            self.reset_position_embedding(self.pos_embed)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None

@@ -149,9 +149,6 @@ class MMDiT(Backbone):
     def num_blocks(self) -> int:
         return len(self.joint_blocks)
 
-    def token_width(self, block: int) -> int:
-        return self.hidden_size
-
     def initialize_weights(self) -> None:
         if self.init == "adaln_zero":
             initialize(self, linear_init="xavier")

@@ -10,16 +10,15 @@ REPA checkpoint between the two.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from rae.backbones.base import Backbone, BackboneOutput, frozen_position_embedding, run_blocks
+from rae.backbones.base import frozen_position_embedding
+from rae.backbones.dit import DiT
 from rae.backbones.sizes import resolve_size
 from rae.nn.block import AdaLNBlock
 from rae.nn.final_layer import FinalLayer
-from rae.nn.init import initialize
 from rae.nn.label import LabelEmbedder
-from rae.nn.patch import PatchEmbed, unpatchify
+from rae.nn.patch import PatchEmbed
 from rae.nn.timestep import SinusoidalTimestepEmbedder
 from rae.registry import BACKBONES
 
@@ -45,7 +44,7 @@ def resolve_sit_size(size: str | None, patch_size: int | None) -> tuple[str | No
 
 
 @BACKBONES.register("sit")
-class SiT(Backbone):
+class SiT(DiT):
     """``size`` is one of REPA's presets ("B/2", "L/2", "XL/2", and the /1 variants); explicit
     ``hidden_size``/``depth``/``num_heads``/``patch_size`` override it.
 
@@ -78,6 +77,7 @@ class SiT(Backbone):
         self.pos_embed = frozen_position_embedding(self.grid_size**2, hidden_size)
         self.t_embedder = SinusoidalTimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.rope = None
 
         # ---- Transformer (REPA aligns the tokens after block ``encoder_depth``) ----
         self.blocks = nn.ModuleList(
@@ -86,26 +86,6 @@ class SiT(Backbone):
         )
 
         # ---- Output: velocity, as many channels as the input ----
+        self.out_channels = in_channels
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels, norm="layer")
         self.initialize_weights()
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-    def token_width(self, block: int) -> int:
-        return self.hidden_size
-
-    def initialize_weights(self) -> None:
-        if initialize(self, linear_init="xavier"):
-            self.reset_position_embedding(self.pos_embed)
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_tokens_at: int | None = None
-    ) -> BackboneOutput:
-        t = self.check_inputs(x, t, y, return_tokens_at)
-        h = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y)
-        h, tokens = run_blocks(self.blocks, h, c, None, return_tokens_at)
-        out = unpatchify(self.final_layer(h, c), self.patch_size, self.in_channels)
-        return out if return_tokens_at is None else (out, tokens)

@@ -5,8 +5,6 @@ Exit codes as the runner: 0 done, 2 configuration or argument error (one line, n
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -18,6 +16,7 @@ from rae.bench.flops import measure_peak_flops
 from rae.bench.max_batch import largest_batch, train_batch_fits
 from rae.bench.measure import Options, Result, bench_decoder, bench_sample, bench_train
 from rae.bench.models import BenchModels, load_config
+from rae.bench.record import command_main, print_record
 from rae.config_errors import ConfigError
 
 WHATS = ("train", "sample", "decoder", "all")
@@ -84,26 +83,6 @@ def planned(what: str, models: BenchModels) -> list[str]:
     return wanted
 
 
-def machine() -> dict[str, Any]:
-    """Where the figures come from: device name, torch version, threads."""
-    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": _cpu_model()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def table(results: list[Result], peak_flops: float, header: dict[str, Any]) -> str:
     """A fixed-width table, one row per measurement."""
     lines = [" ".join(f"{k}={v}" for k, v in header.items()),
@@ -164,19 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"eager, {args.precision}; {largest['note']})")
     if models.unset:
         print("placeholders (not needed for speed): " + ", ".join(models.unset))
-    record = {**header, "gin_params": args.gin_param, "peak_flops": peak, "machine": machine(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": {r.what: r.as_dict() for r in results}, "max_train_batch": largest}
-    print(JSON_PREFIX + json.dumps(record))
-    return record
+    return print_record(JSON_PREFIX, header, gin_params=args.gin_param, peak_flops=peak,
+                        results={r.what: r.as_dict() for r in results}, max_train_batch=largest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; 0 done, 2 argument or configuration error."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (BenchError, ConfigError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return command_main("bench", parse_args, run, (BenchError, ConfigError), argv)

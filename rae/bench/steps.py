@@ -73,24 +73,47 @@ def compile_network(net: nn.Module, reference: bool) -> nn.Module:
     return torch.compile(net)
 
 
-# ---- stage-2 training step ----
+# ---- training steps ----
+
+def timed_training_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+                        params: list[nn.Parameter], acc: Accelerator, recipe: Recipe, reference: bool) -> Step:
+    """One training step as each side runs it, each phase labelled: the release zeroes the gradients
+    first, then clips (``clip_grad_norm_``) and steps its fused AdamW; ours clips, steps and zeroes
+    them in ``optimizer_step``."""
+    def step() -> None:
+        if reference:
+            optimizer.zero_grad(set_to_none=True)
+        with record_function("forward+loss"), acc.autocast():
+            loss = loss_fn()
+        with record_function("backward"):
+            loss.backward()
+        with record_function("clip+adamw"):
+            if reference:
+                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+                optimizer.step()
+            else:
+                optimizer_step(optimizer, params, recipe.grad_clip)
+
+    return step
+
+
+def reference_optimizer(params: list[nn.Parameter], ref: Reference, recipe: Recipe) -> torch.optim.Optimizer:
+    """The release's fused AdamW (``utils/optim_utils.build_optimizer``) with the recipe's lr and betas."""
+    optimizer, _ = ref.build_optimizer(params, {"optimizer": {"lr": recipe.lr, "betas": list(recipe.betas)}})
+    return optimizer
+
 
 def our_train_step(net: nn.Module, params: list[nn.Parameter], shapes: Shapes, inputs: Inputs, acc: Accelerator,
                    recipe: Recipe) -> Step:
     """Our stage-2 step: draw t and noise, velocity loss, backward, clip, AdamW (``make_adamw``: fused)."""
     transport = Transport(time_schedule=LogitNormal(0.0, 1.0), time_shift=shapes.time_shift)
+
+    def loss() -> torch.Tensor:
+        point = transport.draw(inputs.latents)
+        return transport.loss(net(point.x_t, point.t, inputs.labels), point).mean()
+
     optimizer = make_adamw(params, recipe.lr, betas=recipe.betas)
-
-    def step() -> None:
-        with record_function("forward+loss"), acc.autocast():
-            point = transport.draw(inputs.latents)
-            loss = transport.loss(net(point.x_t, point.t, inputs.labels), point).mean()
-        with record_function("backward"):
-            loss.backward()
-        with record_function("clip+adamw"):
-            optimizer_step(optimizer, params, recipe.grad_clip)
-
-    return step
+    return timed_training_step(loss, optimizer, params, acc, recipe, reference=False)
 
 
 def reference_train_step(net: nn.Module, params: list[nn.Parameter], ref: Reference, shapes: Shapes,
@@ -98,19 +121,26 @@ def reference_train_step(net: nn.Module, params: list[nn.Parameter], ref: Refere
     """The release's stage-2 step (``src/train.py``): ``training_losses``, backward, clip, fused AdamW."""
     transport = ref.create_transport(path_type="Linear", prediction="velocity", time_dist_type="logit-normal_0_1",
                                      time_dist_shift=shapes.time_shift)
-    optimizer, _ = ref.build_optimizer(params, {"optimizer": {"lr": recipe.lr, "betas": list(recipe.betas)}})
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("forward+loss"), acc.autocast():
-            loss = transport.training_losses(net, inputs.latents, dict(y=inputs.labels))["loss"].mean()
-        with record_function("backward"):
-            loss.backward()
-        with record_function("clip+adamw"):
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
+    def loss() -> torch.Tensor:
+        return transport.training_losses(net, inputs.latents, dict(y=inputs.labels))["loss"].mean()
 
-    return step
+    return timed_training_step(loss, reference_optimizer(params, ref, recipe), params, acc, recipe, reference=True)
+
+
+def our_decoder_step(net: nn.Module, params: list[nn.Parameter], inputs: Inputs, acc: Accelerator,
+                     recipe: Recipe) -> Step:
+    """Our decoder step: latents -> pixels, L1 to fixed targets, backward, clip, AdamW."""
+    optimizer = make_adamw(params, recipe.lr, betas=recipe.betas)
+    return timed_training_step(lambda: F.l1_loss(net(inputs.latents).float(), inputs.pixels),
+                               optimizer, params, acc, recipe, reference=False)
+
+
+def reference_decoder_step(net: nn.Module, params: list[nn.Parameter], ref: Reference, inputs: Inputs,
+                           acc: Accelerator, recipe: Recipe) -> Step:
+    """The release's decoder step (``src/train_stage1.py``, decoder part): ``RAE.decode``, L1, clip, fused AdamW."""
+    return timed_training_step(lambda: F.l1_loss(reference_decode(net, inputs.latents).float(), inputs.pixels),
+                               reference_optimizer(params, ref, recipe), params, acc, recipe, reference=True)
 
 
 # ---- sampling ----
@@ -157,41 +187,7 @@ def reference_sample(net: nn.Module, ref: Reference, shapes: Shapes, inputs: Inp
     return run
 
 
-# ---- ViT decoder ----
-
-def our_decoder_step(net: nn.Module, params: list[nn.Parameter], inputs: Inputs, acc: Accelerator,
-                     recipe: Recipe) -> Step:
-    """Our decoder step: latents -> pixels, L1 to fixed targets, backward, clip, AdamW."""
-    optimizer = make_adamw(params, recipe.lr, betas=recipe.betas)
-
-    def step() -> None:
-        with record_function("forward+loss"), acc.autocast():
-            loss = F.l1_loss(net(inputs.latents).float(), inputs.pixels)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("clip+adamw"):
-            optimizer_step(optimizer, params, recipe.grad_clip)
-
-    return step
-
-
-def reference_decoder_step(net: nn.Module, params: list[nn.Parameter], ref: Reference, inputs: Inputs,
-                           acc: Accelerator, recipe: Recipe) -> Step:
-    """The release's decoder step (``src/train_stage1.py``, decoder part): ``RAE.decode``, L1, clip, fused AdamW."""
-    optimizer, _ = ref.build_optimizer(params, {"optimizer": {"lr": recipe.lr, "betas": list(recipe.betas)}})
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("forward+loss"), acc.autocast():
-            loss = F.l1_loss(reference_decode(net, inputs.latents).float(), inputs.pixels)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("clip+adamw"):
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
-
-    return step
-
+# ---- decoding ----
 
 def our_decode(net: nn.Module, inputs: Inputs, acc: Accelerator) -> Step:
     """Our decoding of sampled latents (inference, as ``Sample`` runs it)."""

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,10 +24,10 @@ from torch import nn
 
 from rae.accelerator import make_accelerator
 from rae.backbones.release import from_reference_config
-from rae.bench.cli import machine
 from rae.bench.heap import keep_freed_memory, release_freed_memory
 from rae.bench.interleave import interleave, ratios
 from rae.bench.pairs import Dims, Shapes, unzero, backbone_pair, check_agreement, decoder_pair, parse_dims
+from rae.bench.record import command_main, print_record
 from rae.bench.reference import Reference, UnusableReference, load_reference
 from rae.bench.steps import (
     Inputs, Recipe, Step, compile_network, our_decode, our_decoder_step, our_sample, our_train_step,
@@ -46,10 +45,6 @@ FID_IMAGES = 50_000
 MALLOC = ("keep", "default")
 
 
-class VersusError(ValueError):
-    """A bad argument; exits 2 with its message."""
-
-
 @dataclass(frozen=True)
 class Side:
     """One implementation to time: ``base`` (reference | ours) plus options."""
@@ -57,6 +52,10 @@ class Side:
     name: str
     base: str
     compile: bool = False
+
+
+class VersusError(ValueError):
+    """A bad argument; exits 2 with its message."""
 
 
 def parse_sides(text: str) -> list[Side]:
@@ -466,19 +465,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for side, per in hours.items():
         print(f"FID-50k on one device ({side}, sampling + decoding): "
               + ", ".join(f"{k} {v:.2f} h" for k, v in per.items()))
-    record = {**header, "sides": [s.name for s in plan.sides], "reference": args.reference,
-              "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": {m.what: asdict(m) for m in results}, "fid50k_hours": hours}
-    print(JSON_PREFIX + json.dumps(record))
-    return record
+    return print_record(JSON_PREFIX, header, sides=[s.name for s in plan.sides], reference=args.reference,
+                        results={m.what: asdict(m) for m in results}, fid50k_hours=hours)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; 0 done, 2 bad arguments or reference checkout."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (VersusError, UnusableReference) as exc:
-        print(f"bench_vs_reference: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return command_main("bench_vs_reference", parse_args, run, (VersusError, UnusableReference), argv)

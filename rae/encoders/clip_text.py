@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from rae.encoders.hf import CONFIG_DIR, PUBLISHED, looks_local, offline
+from rae.encoders.hf import CONFIG_DIR, PUBLISHED, copy_weights, offline, read_hub_or_folder
 from rae.registry import TEXT_ENCODERS
-from rae.weights import Pretrained, missing_weights
+from rae.weights import Pretrained
 
 HUB_ID = "openai/clip-vit-large-patch14"
 TOKENIZERS = ("published", "characters")
@@ -134,29 +134,21 @@ class CLIPTextEncoder(nn.Module, Pretrained):
         what = "the CLIP text encoder"
         how = (f"Download it on a networked machine (`hf download {HUB_ID}`) and copy the Hugging Face cache here, "
                "or point clip_text.weights at a local save_pretrained folder")
-        source = self.weights
-        if source is None or (looks_local(source) and not Path(source).expanduser().is_dir()):
-            missing_weights(what, f"{source!r} (no such folder)" if source else "no source (weights=None)", how,
-                            allow_random, log)
-            self._fallback_tokenizer(log)
-            return
-        name = str(Path(source).expanduser()) if looks_local(source) else source
-        try:
+        def read(name: str) -> CLIPTextModel:
             pretrained = CLIPTextModel.from_pretrained(name, local_files_only=offline())
             if self._tokenizer is None:
                 bpe = CLIPTokenizer.from_pretrained(name, local_files_only=offline())
                 self._tokenizer = lambda captions: bpe(
                     list(captions), truncation=True, max_length=self.max_length, padding="max_length",
                     return_tensors="pt")["input_ids"]
-        except OSError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            missing_weights(what, f"{source} ({reason})", how, allow_random, log)
+            return pretrained
+
+        source = self.weights
+        pretrained = read_hub_or_folder(read, source, what, how, allow_random, log)
+        if pretrained is None:
             self._fallback_tokenizer(log)
             return
-        try:
-            self.model.load_state_dict(pretrained.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(f"weights from {source} do not fit the CLIP text encoder: {exc}") from None
+        copy_weights(self.model, pretrained.state_dict(), source, "the CLIP text encoder")
         log.info("loaded CLIP text encoder weights from %s", source)
 
     def _fallback_tokenizer(self, log: logging.Logger) -> None:

@@ -4,15 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import ViTConfig, ViTModel
 
-from rae.encoders.hf import (
-    PUBLISHED,
-    TransformersEncoder,
-    check_model_type,
-    check_variant,
-    fixed_normalisation,
-    resolve,
-    shipped_architecture,
-)
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_variant, fixed_normalisation_architecture
 from rae.registry import ENCODERS
 
 VARIANTS = ("base",)
@@ -34,9 +26,7 @@ class DINOv1(TransformersEncoder):
                  final_norm_affine: bool = True, resample_positions: bool = True) -> None:
         check_variant("dinov1", variant, VARIANTS)
         hub_id = "facebook/dino-vitb16"
-        weights, arch = resolve(weights, hub_id)
-        check_model_type(arch, "vit")
-        arch = fixed_normalisation(arch, shipped_architecture(hub_id))
+        weights, arch = fixed_normalisation_architecture(weights, hub_id, "vit")
         super().__init__(ViTModel, ViTConfig.from_dict(arch.config), arch, name="dinov1", hub_id=hub_id,
                          weights=weights, input_size=input_size, num_prefix_tokens=1, final_norm="layernorm",
                          final_norm_affine=final_norm_affine, dropped=("pooler.",),

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -31,6 +31,7 @@ from rae.weights import missing_weights
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED = "published"
 """The default ``weights``: the released checkpoint of the chosen variant, by its hub id."""
+T = TypeVar("T")
 
 
 
@@ -76,6 +77,30 @@ def looks_local(weights: str) -> bool:
             or weights.startswith((".", "~")) or weights.count("/") > 1)
 
 
+def read_hub_or_folder(read: Callable[[str], T], source: str | None, what: str, how: str, allow_random: bool,
+                       log: logging.Logger) -> T | None:
+    """``read(name)`` of the hub id or local folder ``source``; None, after `missing_weights`, when there is no
+    source, the folder does not exist or reading fails (``read`` passes ``local_files_only=offline()``)."""
+    if source is None or (looks_local(source) and not Path(source).expanduser().is_dir()):
+        missing_weights(what, f"{source!r} (no such folder)" if source else "no source (weights=None)", how,
+                        allow_random, log)
+        return None
+    try:
+        return read(str(Path(source).expanduser()) if looks_local(source) else source)
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        missing_weights(what, f"{source} ({reason})", how, allow_random, log)
+        return None
+
+
+def copy_weights(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Copy a read state dict into ``module``, every key; a mismatch is a ValueError naming ``what`` and the source."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"weights from {source} do not fit {what}: {exc}") from None
+
+
 def resolve(weights: str | None, hub_id: str) -> tuple[str | None, Architecture]:
     """``weights`` with `PUBLISHED` replaced by ``hub_id``, and the architecture it implies."""
     weights = hub_id if weights == PUBLISHED else weights
@@ -92,6 +117,15 @@ def fixed_normalisation(arch: Architecture, shipped: Architecture) -> Architectu
     ``preprocess_raw_image``), not of the checkpoint's image processor.
     """
     return replace(arch, image_mean=shipped.image_mean, image_std=shipped.image_std)
+
+
+def fixed_normalisation_architecture(weights: str | None, hub_id: str,
+                                     model_type: str) -> tuple[str | None, Architecture]:
+    """`resolve` for a one-tower encoder of ``model_type`` whose pixel normalisation is the shipped one
+    (`fixed_normalisation`): the weights' source and the architecture."""
+    weights, arch = resolve(weights, hub_id)
+    check_model_type(arch, model_type)
+    return weights, fixed_normalisation(arch, shipped_architecture(hub_id))
 
 
 def vision_part(arch: Architecture, full_type: str, tower_type: str, hint: str = "") -> Architecture:

@@ -4,15 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import IJepaConfig, IJepaModel
 
-from rae.encoders.hf import (
-    PUBLISHED,
-    TransformersEncoder,
-    check_model_type,
-    check_variant,
-    fixed_normalisation,
-    resolve,
-    shipped_architecture,
-)
+from rae.encoders.hf import PUBLISHED, TransformersEncoder, check_variant, fixed_normalisation_architecture
 from rae.registry import ENCODERS
 
 VARIANTS = ("huge",)
@@ -32,9 +24,7 @@ class IJEPA(TransformersEncoder):
                  final_norm_affine: bool = True) -> None:
         check_variant("ijepa", variant, VARIANTS)
         hub_id = "facebook/ijepa_vith14_1k"
-        weights, arch = resolve(weights, hub_id)
-        check_model_type(arch, "ijepa")
-        arch = fixed_normalisation(arch, shipped_architecture(hub_id))
+        weights, arch = fixed_normalisation_architecture(weights, hub_id, "ijepa")
         super().__init__(IJepaModel, IJepaConfig.from_dict(arch.config), arch, name="ijepa", hub_id=hub_id,
                          weights=weights, input_size=input_size, num_prefix_tokens=0, final_norm="layernorm",
                          final_norm_affine=final_norm_affine, dropped=("pooler.",))

@@ -14,14 +14,12 @@ from rae.backbones.release import load_release_state
 from rae.hub import resolve
 from rae.registry import GUIDANCE
 from rae.sampling.base import VelocityFn
-from rae.sampling.guidance import (
-    Guidance, Predictor, ToVelocity, any_inside, as_velocity, check_interval, inside_interval, mix,
-)
+from rae.sampling.guidance import GuidanceInputs, IntervalGuidance, PairFn
 from rae.weights import Pretrained, missing_weights
 
 
 @GUIDANCE.register("autoguidance")
-class Autoguidance(nn.Module, Pretrained, Guidance):
+class Autoguidance(nn.Module, Pretrained, IntervalGuidance):
     """Holds the guide network; its checkpoint loads with the other pretrained weights, not here."""
 
     def __init__(
@@ -32,13 +30,10 @@ class Autoguidance(nn.Module, Pretrained, Guidance):
         t_min: float = 0.0,
         t_max: float = 1.0,
     ) -> None:
-        super().__init__()
-        check_interval(scale, t_min, t_max)
+        nn.Module.__init__(self)
+        IntervalGuidance.__init__(self, scale, t_min, t_max)
         self.guide = guide
         self.checkpoint = checkpoint
-        self.scale = scale
-        self.t_min = t_min
-        self.t_max = t_max
 
     def load_pretrained(self, allow_random: bool, log: logging.Logger) -> None:
         """Load the guide's released (or our own) checkpoint with the reference key names."""
@@ -53,24 +48,12 @@ class Autoguidance(nn.Module, Pretrained, Guidance):
         load_release_state(self.guide, path)
         log.info("autoguidance guide loaded from %s", self.checkpoint)
 
-    def velocity_fn(
-        self,
-        model: Predictor,
-        *,
-        to_velocity: ToVelocity | None = None,
-        num_classes: int | None = None,
-        null_condition: torch.Tensor | None = None,
-    ) -> VelocityFn:
-        main = as_velocity(model, to_velocity)
-        if self.scale == 1.0:
-            return main
-        guide = as_velocity(self.guide, to_velocity)
+    def pairs(self, velocity: VelocityFn, inputs: GuidanceInputs) -> PairFn:
+        guide = inputs.velocity(self.guide)
 
-        def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            v_main = main(x, t, y)
-            inside = inside_interval(t, self.t_min, self.t_max)
-            if not any_inside(inside):
-                return v_main
-            return mix(guide(x, t, y), v_main, self.scale, inside)
+        def guide_and_main(x: torch.Tensor, t: torch.Tensor,
+                           y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            v_main = velocity(x, t, y)
+            return guide(x, t, y), v_main
 
-        return guided
+        return guide_and_main

@@ -6,6 +6,7 @@ Samplers see the model only as a plain velocity function ``v(x, t, y)``; guidanc
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -21,6 +22,21 @@ class PathCoefficients(Protocol):
 
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(alpha, sigma, d alpha / dt, d sigma / dt) at ``t``."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a solver integrates: the velocity, the condition, and what stochastic samplers also need."""
+
+    velocity: VelocityFn
+    y: torch.Tensor | None
+    generator: torch.Generator | None = None
+    path: PathCoefficients | None = None
+
+    def at(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The velocity at state ``x`` and one time ``t`` for the whole batch, in the dtype of ``x``."""
+        t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        return self.velocity(x, t_batch, self.y).to(x.dtype)
 
 
 class Sampler(abc.ABC):
@@ -41,7 +57,6 @@ class Sampler(abc.ABC):
         """
         return time_grid(self.num_steps, resolve_shift(self.shift, latent_shape), self.start, self.end)
 
-    @abc.abstractmethod
     def sample(
         self,
         velocity: VelocityFn,
@@ -56,9 +71,9 @@ class Sampler(abc.ABC):
         ``generator`` drives the noise of stochastic samplers; ``path`` gives the
         interpolation coefficients that stochastic samplers need to turn velocity into score.
         """
+        return self.solve(Problem(velocity, y, generator, path), noise, self.grid(tuple(noise.shape[1:])))
 
+    @abc.abstractmethod
+    def solve(self, problem: Problem, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Step the state ``x`` (at ``grid[0]``) along the float64 time ``grid``; the state at its end."""
 
-def evaluate(velocity: VelocityFn, x: torch.Tensor, t: float, y: torch.Tensor | None) -> torch.Tensor:
-    """``velocity`` at one time for the whole batch, in the dtype of the state ``x``."""
-    t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-    return velocity(x, t_batch, y).to(x.dtype)

@@ -8,26 +8,17 @@ from __future__ import annotations
 import torch
 
 from rae.registry import SAMPLERS
-from rae.sampling.base import PathCoefficients, Sampler, VelocityFn, evaluate
+from rae.sampling.base import Problem, Sampler
 
 
 @SAMPLERS.register("euler")
 class EulerSampler(Sampler):
     """Explicit Euler: x <- x + (t_next - t) v(x, t); num_steps - 1 model evaluations."""
 
-    def sample(
-        self,
-        velocity: VelocityFn,
-        noise: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        path: PathCoefficients | None = None,
-    ) -> torch.Tensor:
-        x = noise
-        grid = self.grid(tuple(noise.shape[1:])).tolist()
-        for t_cur, t_next in zip(grid[:-1], grid[1:]):
-            x = x + (t_next - t_cur) * evaluate(velocity, x, t_cur, y)
+    def solve(self, problem: Problem, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        times = grid.tolist()
+        for t_cur, t_next in zip(times[:-1], times[1:]):
+            x = x + (t_next - t_cur) * problem.at(x, t_cur)
         return x
 
 
@@ -45,24 +36,15 @@ class HeunSampler(Sampler):
         super().__init__(num_steps, shift, start, end)
         self.euler_last_step = euler_last_step
 
-    def sample(
-        self,
-        velocity: VelocityFn,
-        noise: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        path: PathCoefficients | None = None,
-    ) -> torch.Tensor:
-        x = noise
-        grid = self.grid(tuple(noise.shape[1:])).tolist()
-        last = len(grid) - 2
-        for i, (t_cur, t_next) in enumerate(zip(grid[:-1], grid[1:])):
+    def solve(self, problem: Problem, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        times = grid.tolist()
+        last = len(times) - 2
+        for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
             h = t_next - t_cur
-            v_cur = evaluate(velocity, x, t_cur, y)
+            v_cur = problem.at(x, t_cur)
             if i == last and self.euler_last_step:
                 x = x + h * v_cur
                 continue
-            v_next = evaluate(velocity, x + h * v_cur, t_next, y)
+            v_next = problem.at(x + h * v_cur, t_next)
             x = x + 0.5 * h * (v_cur + v_next)
         return x

@@ -5,7 +5,7 @@ import torch
 from torchdiffeq import odeint
 
 from rae.registry import SAMPLERS
-from rae.sampling.base import PathCoefficients, Sampler, VelocityFn
+from rae.sampling.base import Problem, Sampler
 
 METHODS = {
     # our name: torchdiffeq name
@@ -49,25 +49,17 @@ class ODESampler(Sampler):
         self.atol = atol
         self.rtol = rtol
 
-    def sample(
-        self,
-        velocity: VelocityFn,
-        noise: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        path: PathCoefficients | None = None,
-    ) -> torch.Tensor:
-        grid = self.grid(tuple(noise.shape[1:])).to(device=noise.device, dtype=noise.dtype)
+    def solve(self, problem: Problem, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        grid = grid.to(device=x.device, dtype=x.dtype)
 
-        def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return velocity(x, t.expand(x.shape[0]), y).to(x.dtype)
+        def drift(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+            return problem.velocity(state, t.expand(state.shape[0]), problem.y).to(state.dtype)
 
         # Only the end points go in as output times, so odeint keeps two states instead
         # of the whole trajectory; fixed-step methods still step on every grid point.
         options = None if self.method in ADAPTIVE else {"grid_constructor": lambda f, y0, t: grid}
         trajectory = odeint(
-            drift, noise, grid[[0, -1]], method=METHODS[self.method],
+            drift, x, grid[[0, -1]], method=METHODS[self.method],
             atol=self.atol, rtol=self.rtol, options=options,
         )
         return trajectory[-1]

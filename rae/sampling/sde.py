@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from rae.registry import SAMPLERS
-from rae.sampling.base import PathCoefficients, Sampler, VelocityFn, evaluate
+from rae.sampling.base import PathCoefficients, Problem, Sampler
 from rae.sampling.time_grid import resolve_shift, time_grid
 
 Coefficients = tuple[float, float, float, float]
@@ -87,52 +87,39 @@ class SDESampler(Sampler):
         h = self.end  # last_step_size, or 0 without a last step
         return time_grid(self.num_steps, shift, self.start, end=h / (shift - (shift - 1) * h))
 
-    def sample(
-        self,
-        velocity: VelocityFn,
-        noise: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        path: PathCoefficients | None = None,
-    ) -> torch.Tensor:
-        if path is None:
+    def solve(self, problem: Problem, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        if problem.path is None:
             raise ValueError("the SDE sampler needs the transport's path (its alpha, sigma) to turn velocity into score")
-        grid = self.grid(tuple(noise.shape[1:])).tolist()
-        x = noise
-        for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        times = grid.tolist()
+        for t_cur, t_next in zip(times[:-1], times[1:]):
             h = t_cur - t_next
-            v, s, w = self._drift_terms(velocity, path, x, t_cur, y)
-            z = _gaussian(x, generator)
+            v, s, w = self._drift_terms(problem, x, t_cur)
+            z = _gaussian(x, problem.generator)
             x = x - h * (v - w * s) + math.sqrt(2 * w * h) * z
-        return self._last(velocity, path, x, grid[-1], y)
+        return self._last(problem, x, times[-1])
 
-    def _drift_terms(
-        self, velocity: VelocityFn, path: PathCoefficients, x: torch.Tensor, t: float, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def _drift_terms(self, problem: Problem, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Velocity, score and diffusion w at one time."""
-        c = _coefficients(path, t)
+        c = _coefficients(problem.path, t)
         w = DIFFUSION_FORMS[self.diffusion_form](t, c, self.diffusion_norm)
         if not math.isfinite(w) or w < 0:
             raise ValueError(
                 f"diffusion_form {self.diffusion_form!r} gives w({t:.4g}) = {w}; use a start < 1 "
                 "(SiT starts at 1 - eps) or another diffusion_form"
             )
-        v = evaluate(velocity, x, t, y)
+        v = problem.at(x, t)
         return v, score_from_velocity(v, x, c), w
 
-    def _last(
-        self, velocity: VelocityFn, path: PathCoefficients, x: torch.Tensor, t: float, y: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _last(self, problem: Problem, x: torch.Tensor, t: float) -> torch.Tensor:
         """The final step from the grid's last time ``t`` to data."""
         if self.last_step == "none":
             return x
         if self.last_step == "euler":
-            return x - t * evaluate(velocity, x, t, y)
-        v, s, w = self._drift_terms(velocity, path, x, t, y)
+            return x - t * problem.at(x, t)
+        v, s, w = self._drift_terms(problem, x, t)
         if self.last_step == "mean":
             return x - t * (v - w * s)
-        alpha, sigma, _, _ = _coefficients(path, t)
+        alpha, sigma, _, _ = _coefficients(problem.path, t)
         return (x + sigma**2 * s) / alpha
 
 

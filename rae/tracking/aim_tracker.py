@@ -125,14 +125,8 @@ class AimTracker(Tracker):
     def track(self, name: str, value: float, step: int, context: Mapping[str, Any] | None = None) -> None:
         self._run.track(float(value), name=name, step=int(step), context=dict(context or {}))
 
-    def track_images(
-        self,
-        name: str,
-        images: torch.Tensor,
-        step: int,
-        captions: Sequence[str] | None = None,
-        context: Mapping[str, Any] | None = None,
-    ) -> None:
+    def track_images(self, name: str, images: torch.Tensor, step: int, captions: Sequence[str] | None = None,
+                     context: Mapping[str, Any] | None = None) -> None:
         from aim import Image
 
         if images.ndim != 4 or images.shape[1] not in (1, 3):

@@ -61,52 +61,68 @@ class Uniform(TimeSchedule):
         return u
 
 
+class WarpedNormal(TimeSchedule):
+    """t = warp(mean + std z), z ~ N(0, 1), for an increasing ``warp`` onto [0, 1]; CDF Phi((unwarp(t) - mean) / std).
+
+    ``name`` is the registered name, for the messages of the checks.
+    """
+
+    name: str
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        if std <= 0:
+            raise ValueError(f"{self.name} std must be positive, got {std}")
+        self.mean = mean
+        self.std = std
+
+    @staticmethod
+    @abc.abstractmethod
+    def warp(x: torch.Tensor) -> torch.Tensor:
+        """The real line onto [0, 1], increasing."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def unwarp(t: torch.Tensor) -> torch.Tensor:
+        """The inverse of `warp`."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        z = torch.randn(n, generator=generator, device=_device(generator, device))
+        return self.warp(self.mean + self.std * z)
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.special.ndtr((self.unwarp(t) - self.mean) / self.std)
+
+    def icdf(self, u: torch.Tensor) -> torch.Tensor:
+        return self.warp(self.mean + self.std * torch.special.ndtri(u))
+
+
 @TIME_SCHEDULES.register("logit_normal")
-class LogitNormal(TimeSchedule):
+class LogitNormal(WarpedNormal):
     """t = sigmoid(z), z ~ N(mean, std^2); CDF P(t <= u) = Phi((logit(u) - mean) / std).
 
     With the linear path this equals REPA's "lognormal" weighting (sigma_t / alpha_t log-normal).
     """
 
-    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
-        if std <= 0:
-            raise ValueError(f"logit_normal std must be positive, got {std}")
-        self.mean = mean
-        self.std = std
-
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
-        z = torch.randn(n, generator=generator, device=_device(generator, device))
-        return torch.sigmoid(self.mean + self.std * z)
-
-    def cdf(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.special.ndtr((torch.logit(t) - self.mean) / self.std)
-
-    def icdf(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mean + self.std * torch.special.ndtri(u))
+    name = "logit_normal"
+    warp = staticmethod(torch.sigmoid)
+    unwarp = staticmethod(torch.logit)
 
 
 @TIME_SCHEDULES.register("arctan_log_normal")
-class ArctanLogNormal(TimeSchedule):
+class ArctanLogNormal(WarpedNormal):
     """t = (2 / pi) atan(exp(mean + std z)), z ~ N(0, 1); CDF P(t <= u) = Phi((log tan(pi u / 2) - mean) / std).
 
     REPA's "lognormal" weighting on its cosine (GVP) path: there sigma_t / alpha_t = tan(pi t / 2) is
     log-normal, as t / (1 - t) is under ``logit_normal`` on the linear path.
     """
 
-    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
-        if std <= 0:
-            raise ValueError(f"arctan_log_normal std must be positive, got {std}")
-        self.mean = mean
-        self.std = std
+    name = "arctan_log_normal"
 
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
-        z = torch.randn(n, generator=generator, device=_device(generator, device))
-        return torch.atan(torch.exp(self.mean + self.std * z)) * (2 / math.pi)
+    @staticmethod
+    def warp(x: torch.Tensor) -> torch.Tensor:
+        return torch.atan(torch.exp(x)) * (2 / math.pi)
 
-    def cdf(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.special.ndtr((torch.log(torch.tan(math.pi / 2 * t)) - self.mean) / self.std)
-
-    def icdf(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.atan(torch.exp(self.mean + self.std * torch.special.ndtri(u))) * (2 / math.pi)
+    @staticmethod
+    def unwarp(t: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.tan(math.pi / 2 * t))

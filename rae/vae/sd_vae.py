@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rae.encoders.hf import looks_local
+from rae.encoders.hf import copy_weights, read_hub_or_folder
 from rae.hub import offline
 from rae.registry import AUTOENCODERS
-from rae.weights import Pretrained, missing_weights
+from rae.weights import Pretrained
 
 SD_VAE_HUB_ID = "stabilityai/sd-vae-ft-mse"
 """REPA trains on ``sd-vae-ft-mse`` latents; its ``generate.py`` decodes with ``sd-vae-ft-ema`` by default."""
@@ -154,19 +154,9 @@ class SDVAE(nn.Module, Pretrained):
         how = (f"Download it on a networked machine (`hf download {SD_VAE_HUB_ID}`) and copy the Hugging Face "
                "cache here, or point sd_vae.weights at a local diffusers save_pretrained folder")
         source = self.weights
-        if source is None or (looks_local(source) and not Path(source).expanduser().is_dir()):
-            missing_weights(what, f"{source!r} (no such folder)" if source else "no source (weights=None)",
-                            how, allow_random, log)
+        pretrained = read_hub_or_folder(lambda name: autoencoder_kl().from_pretrained(name, local_files_only=offline()),
+                                        source, what, how, allow_random, log)
+        if pretrained is None:
             return
-        try:
-            pretrained = autoencoder_kl().from_pretrained(
-                str(Path(source).expanduser()) if looks_local(source) else source, local_files_only=offline())
-        except OSError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            missing_weights(what, f"{source} ({reason})", how, allow_random, log)
-            return
-        try:
-            self.vae.load_state_dict(pretrained.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(f"weights from {source} do not fit the sd_vae architecture: {exc}") from None
+        copy_weights(self.vae, pretrained.state_dict(), source, "the sd_vae architecture")
         log.info("loaded SD VAE weights from %s", source)

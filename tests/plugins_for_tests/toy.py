@@ -7,6 +7,7 @@ terminal table or a browser) are exact.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,15 @@ class ToyFailure(RuntimeError):
 
 
 @EXPERIMENTS.register("toy_loss")
+@dataclass(eq=False)
 class ToyLoss(Experiment):
     """Tracks ``loss = start / 2**step`` for ``steps`` steps, then a two-image grid with captions."""
 
     kind = "toy"
-
-    def __init__(self, backbone: nn.Module, steps: int = 4, start: float = 1.0, fail_at: int | None = None) -> None:
-        self.backbone = backbone
-        self.steps = steps
-        self.start = start
-        self.fail_at = fail_at
+    backbone: nn.Module
+    steps: int = 4
+    start: float = 1.0
+    fail_at: int | None = None
 
     def models(self) -> dict[str, nn.Module]:
         return {"backbone": self.backbone}
