@@ -29,6 +29,7 @@ class ViTSize(NamedTuple):
 # ViT-MAE decoder sizes used by RAE (docs/paper_configs.md, "RAE stage 1: decoder"); `tiny` is for tests.
 VIT_SIZES: dict[str, ViTSize] = {
     "tiny": ViTSize(hidden=48, depth=2, heads=3, mlp=96),
+    "mini": ViTSize(hidden=96, depth=4, heads=4, mlp=384),  # the quickstart's: small enough for minutes on a CPU
     "B": ViTSize(hidden=768, depth=12, heads=12, mlp=3072),
     "L": ViTSize(hidden=1024, depth=24, heads=16, mlp=4096),
     "XL": ViTSize(hidden=1152, depth=28, heads=16, mlp=4096),
