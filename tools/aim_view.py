@@ -1,7 +1,7 @@
 """Open the runs in `aim up` on the columns that compare them: `python tools/aim_view.py --repo runs [QUERY]`.
 
 Saves a view of the runs (the bookmark "rae: runs" of Aim's Params explorer: name, status, experiment,
-encoder, backbone, seed, guidance, final loss and FID; every other column hidden) in the `aim up` at
+encoder, backbone, seed, guidance, final loss, FID and class accuracy; every other column hidden) in the `aim up` at
 --host/--port, starting one on the repo when none answers there (it then serves until Ctrl-C), and
 prints the view's URL. Run it again after new runs: it updates the same bookmark.
     --dry_run               print the view's columns; no `aim up`

@@ -5,7 +5,7 @@ param, and keeps a column choice only in the browser's localStorage: it has no s
 no URL for its columns. Its Params explorer opens saved explore states, though
 (``/params/<id>``; ``aim up`` stores them through ``/api/apps`` and lists them under Bookmarks
 through ``/api/dashboards``). `save_view` writes one whose table shows each run's name, status,
-experiment, encoder, backbone, seed and guidance and its final loss and FID (the columns
+experiment, encoder, backbone, seed and guidance and its final loss, FID and class accuracy (the columns
 `tools/compare.py` prints by default, pipeline stages' ``stage2/loss`` and ``eval/fid``
 included) and hides every other column, and whose chart plots those params against those metrics.
 
@@ -222,7 +222,7 @@ def save_view(url: str, view: RunsView, name: str = VIEW_NAME) -> str:
             _request(f"{url}/api/apps/{bookmark['app_id']}/", "PUT", state)
             return str(bookmark["app_id"])
     app = _request(f"{url}/api/apps/", "POST", state)
-    description = "name, status, experiment, encoder, backbone, seed, guidance, final loss and FID (tools/aim_view.py)"
+    description = "name, status, experiment, encoder, backbone, seed, guidance, final loss, FID, class accuracy (tools/aim_view.py)"
     _request(f"{url}/api/dashboards/", "POST", {"name": name, "description": description, "app_id": app["id"]})
     return str(app["id"])
 

@@ -21,7 +21,7 @@ from aim.sdk.types import QueryReportMode
 from rae.tracking.values import HPARAMS, flatten
 
 DEFAULT_PARAMS = ("experiment.name", "encoder.name", "backbone.name", "run.seed", "guidance.name", "guidance.scale")
-DEFAULT_METRICS = "loss:last,fid:last,rfid:last,psnr:last"
+DEFAULT_METRICS = "loss:last,fid:last,rfid:last,psnr:last,class_accuracy:last"
 FIXED_COLUMNS = ("name", "status")  # every table's first columns
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
     "last": lambda values: values[-1],
