@@ -38,18 +38,10 @@ class TrainClassifier(SmallTraining):
     kind = "classifier"
     output = CLASSIFIER_FILE
 
-    def __init__(
-        self,
-        classifier: EmbeddedClassifier,
-        dataset: EmbeddedDataset,
-        held_out: EmbeddedDataset | None = None,
-        swap: float = 1.0,
-        batch_size: int = 64,
-        total_steps: int = 600,
-        optim: OptimOptions | None = None,
-        log_every: int = 50,
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, classifier: EmbeddedClassifier, dataset: EmbeddedDataset,
+                 held_out: EmbeddedDataset | None = None, swap: float = 1.0, batch_size: int = 64,
+                 total_steps: int = 600, optim: OptimOptions | None = None, log_every: int = 50,
+                 num_workers: int = 0) -> None:
         if not isinstance(dataset, EmbeddedDataset):
             raise ValueError(f"classifier.dataset must be @dataset.embedded() (it renders swapped shapes), got "
                              f"{type(dataset).__name__}")

@@ -91,21 +91,10 @@ class PretrainEncoder(SmallTraining):
     kind = "pretrain_encoder"
     output = ENCODER_FILE
 
-    def __init__(
-        self,
-        encoder: TinyViT,
-        dataset: LabelledImages,
-        mask_ratio: float = 0.75,
-        predictor_width: int = 64,
-        predictor_depth: int = 1,
-        predictor_heads: int = 4,
-        batch_size: int = 64,
-        total_steps: int = 500,
-        optim: OptimOptions | None = None,
-        log_every: int = 50,
-        num_workers: int = 0,
-        grid_size: int = 8,
-    ) -> None:
+    def __init__(self, encoder: TinyViT, dataset: LabelledImages, mask_ratio: float = 0.75,
+                 predictor_width: int = 64, predictor_depth: int = 1, predictor_heads: int = 4,
+                 batch_size: int = 64, total_steps: int = 500, optim: OptimOptions | None = None,
+                 log_every: int = 50, num_workers: int = 0, grid_size: int = 8) -> None:
         super().__init__(dataset, batch_size, total_steps, optim or MAE_OPTIM, log_every, num_workers)
         if not isinstance(encoder, TinyViT):
             raise ValueError(f"pretrain_encoder.encoder must be @encoder.tiny_vit(), got {type(encoder).__name__}")
