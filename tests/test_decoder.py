@@ -111,7 +111,7 @@ def test_bad_latents_and_sizes_fail_with_what_was_expected():
     decoder = ViTDecoder(in_channels=32, token_grid=(4, 4), size="tiny", patch_size=8)
     with pytest.raises(ValueError, match=r"\(B, 32, 4, 4\), got \(2, 16, 4, 4\)"):
         decoder(torch.zeros(2, 16, 4, 4))
-    with pytest.raises(ValueError, match="unknown ViT decoder size 'XXL'; sizes: tiny, B, L, XL"):
+    with pytest.raises(ValueError, match="unknown ViT decoder size 'XXL'; sizes: tiny, mini, B, L, XL"):
         ViTDecoder(in_channels=32, token_grid=(4, 4), size="XXL")
 
 
