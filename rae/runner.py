@@ -367,15 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 / 143 interrupted by SIGINT / SIGTERM (rerunning the command resumes)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     accelerators: list[Accelerator] = []
-    previous = _interrupt_on_sigterm()
+    previous = _interrupt_on_signals()
     try:
         return _run_command(parse_args(argv), accelerators)
     except KeyboardInterrupt as exc:  # before the run started: nothing to resume yet
         print(f"interrupted ({_signal_name(exc)}) before the run started", file=sys.stderr)
         return EXIT_INTERRUPTED[getattr(exc, "signum", signal.SIGINT)]
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         set_run_root(None)
         for accelerator in accelerators:
             release(accelerator)
@@ -385,12 +385,14 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def _interrupt_on_sigterm() -> Any:
-    """SIGTERM stops the run as Ctrl-C does (instead of killing it on the spot); returns the old handler."""
+def _interrupt_on_signals() -> dict[int, Any]:
+    """SIGTERM stops the run as Ctrl-C does (instead of killing it on the spot), and Ctrl-C does so whatever
+    handler the embedding program (or a library it loaded) left for SIGINT; returns the old handlers."""
     if threading.current_thread() is not threading.main_thread():
-        return None  # only the main thread may set handlers (an embedding program's worker thread)
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+        return {}  # only the main thread may set handlers (an embedding program's worker thread)
+    previous = {signum: signal.getsignal(signum) for signum in EXIT_INTERRUPTED}
+    for signum in EXIT_INTERRUPTED:
+        signal.signal(signum, _raise_interrupted)
     return previous
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,7 @@ def test_identical_seeds_give_identical_python_rng_states():
 # ---- 9 and Ctrl-C: SIGTERM and SIGINT stop the run cleanly --------------------------------------
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_say_rerunning_resumes(tmp_path, capsys, monkeypatch,
-                                                                               signum, code):
+                                                                               request, signum, code):
     def interrupted_run(self, ctx):
         os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises long before this ends
@@ -164,13 +165,16 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted_and_say_rerunning_resumes(t
 
     monkeypatch.setattr(LatentStats, "run", interrupted_run)
     handler = signal.getsignal(signal.SIGTERM)
+    request.addfinalizer(partial(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a handler left by someone else must not swallow Ctrl-C
     assert main([*EMBEDDED_STATS, "--gin_param", f"run.run_root = '{tmp_path / 'runs'}'"]) == code
     err = capsys.readouterr().err
     assert "rerun the same command to resume" in err and signal.Signals(signum).name in err
     assert "Traceback" not in err
     run = next(r.run for r in Repo(str(tmp_path / "runs")).query_runs("", report_mode=0).iter_runs())
     assert run["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGTERM) == handler  # the runner restores the handler it replaced
+    assert signal.getsignal(signal.SIGTERM) == handler  # the runner restores the handlers it replaced
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 # ---- 7: one process per run folder ---------------------------------------------------------------
