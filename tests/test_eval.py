@@ -93,6 +93,7 @@ def test_a_dataset_as_reference_scores_its_own_images_as_zero(tmp_path):
                           "--gin_param", "eval.reference = @dataset.embedded()",
                           "--gin_param", "embedded.size = 10", "--gin_param", "embedded.resolution = 32")
     assert rc == 0 and abs(scores["fid"]) < 1e-3 and scores["precision"] == 1.0
+    assert scores["reference"] == "EmbeddedDataset: 10 images of 32px, 10 classes"
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,20 +28,20 @@ SHORT = ["embedded.size = 500", "pretrain_encoder.total_steps = 100", "classifie
          "sample.grid_size = 50", "sample.grid_rows = 5", "held_out/embedded.size = 200"]
 
 
-def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bindings: list[str]) -> tuple[Path, dict, str]:
-    """Run the quickstart with no Inception weights in reach; (run folder, eval's metrics.json, stdout)."""
+def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bindings: list[str]) -> tuple[Path, dict]:
+    """Run the quickstart with no Inception weights in reach; (run folder, eval's metrics.json)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     args = ["--gin", str(ROOT / "experiments" / "quickstart.gin"), "--gin_param", f"run.run_root = '{tmp_path}'"]
     for binding in bindings:
         args += ["--gin_param", binding]
     assert main(args) == 0
     run = next((tmp_path / "quickstart").iterdir())
-    return run, json.loads((run / "eval" / "metrics.json").read_text()), ""
+    return run, json.loads((run / "eval" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
 def test_a_short_quickstart_runs_every_stage_and_its_samples_beat_chance(tmp_path, capsys, monkeypatch):
-    run, metrics, _ = quickstart(tmp_path, monkeypatch, SHORT)
+    run, metrics = quickstart(tmp_path, monkeypatch, SHORT)
     out = capsys.readouterr().out
     for stage in STAGES:
         assert (run / stage / "STAGE_DONE.json").is_file(), stage
@@ -63,6 +63,6 @@ def test_a_short_quickstart_runs_every_stage_and_its_samples_beat_chance(tmp_pat
 
 @pytest.mark.full
 def test_the_full_quickstart_reaches_its_stated_scores(tmp_path, capsys, monkeypatch):
-    _, metrics, _ = quickstart(tmp_path, monkeypatch, [])
+    _, metrics = quickstart(tmp_path, monkeypatch, [])
     assert metrics["class_accuracy"] >= 0.8, metrics
     assert metrics["classifier_fd"] <= 3 * metrics["classifier_fd_floor"], metrics

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import resource
+import threading
 from pathlib import Path
 
 import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+SAMPLE_SECONDS = 0.001
+RESET_SLACK_KIB = 8 * 1024  # a reset mark further than this above the resident set did not take
 
 
 def _status_kib(field: str) -> int | None:
@@ -22,12 +25,39 @@ def _status_kib(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0: write 5 to clear_refs); False if not possible."""
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0: write 5 to clear_refs); True only if the mark moved to now.
+
+    Some sandboxes (gVisor, containers with a restricted /proc) refuse the write or accept it and
+    keep the old mark: the mark is read back, and a reset that left it far above the resident set
+    counts as not done.
+    """
     try:
         _CLEAR_REFS.write_text("5")
-        return True
     except OSError:
         return False
+    mark, resident = _status_kib("VmHWM"), _status_kib("VmRSS")
+    return mark is not None and resident is not None and mark - resident <= RESET_SLACK_KIB
+
+
+class _RssSampler:
+    """The largest ``VmRSS`` read every millisecond on a background thread: the peak where the kernel's mark cannot be reset."""
+
+    def __init__(self) -> None:
+        self.peak_kib = _status_kib("VmRSS") or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self.peak_kib = max(self.peak_kib, _status_kib("VmRSS") or 0)
+
+    def stop(self) -> int:
+        """Stop watching; the peak in KiB, the last reading included."""
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("VmRSS") or 0)
+        return self.peak_kib
 
 
 class PeakMemory:
@@ -35,7 +65,8 @@ class PeakMemory:
 
     GPU: ``torch.cuda.max_memory_allocated`` during the block (tensors only, not the caching
     allocator's reserve). CPU: growth of the process peak resident set over the block, in MiB,
-    which includes weights and optimizer state made inside it and allocator/library overhead.
+    which includes weights and optimizer state made inside it and allocator/library overhead;
+    read from the kernel's reset peak mark where it can be reset, else sampled every millisecond.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -43,15 +74,20 @@ class PeakMemory:
         self.peak_mib = 0.0
         self.kind = ""
         self._start_kib = 0
+        self._sampler: _RssSampler | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda max_memory_allocated"
-        elif _reset_peak_rss() and _status_kib("VmRSS") is not None:
+        elif _reset_peak_rss():
             self._start_kib = _status_kib("VmRSS")
             self.kind = "cpu peak RSS growth (VmHWM - VmRSS at start)"
+        elif _status_kib("VmRSS") is not None:
+            self._start_kib = _status_kib("VmRSS")
+            self._sampler = _RssSampler()
+            self.kind = f"cpu peak RSS growth (VmRSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; the peak mark cannot be reset here)"
         else:
             self._start_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.kind = "cpu ru_maxrss growth (process-lifetime peak; later phases may read 0)"
@@ -62,6 +98,11 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
             return
-        peak = _status_kib("VmHWM") if self.kind.startswith("cpu peak") else None
-        peak = peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if self._sampler is not None:
+            peak = self._sampler.stop()
+            self._sampler = None
+        elif self.kind.startswith("cpu peak"):
+            peak = _status_kib("VmHWM")
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.peak_mib = max(0, peak - self._start_kib) / 1024

@@ -2,6 +2,7 @@
 reports for samples: class accuracy and a Fréchet distance in its feature space (`rae.metrics.classifier`)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ class TrainClassifier(SmallTraining):
         if dataset.num_classes != classifier.num_classes:
             raise ValueError(f"classifier: the dataset has {dataset.num_classes} classes, the classifier "
                              f"{classifier.num_classes} (embedded_classifier.num_classes)")
-        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, optim or CLASSIFIER_OPTIM, log_every,
+        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, optim or dataclasses.replace(CLASSIFIER_OPTIM), log_every,
                          num_workers)
         self.classifier = classifier
         self.held_out = held_out

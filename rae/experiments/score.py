@@ -39,6 +39,14 @@ from rae.weights import load_pretrained_weights
 METRICS_FILE = "metrics.json"
 
 
+def describe_reference(reference: str | os.PathLike | LabelledImages) -> str:
+    """What metrics.json names as the reference: a file's path, or a dataset's class, size and resolution."""
+    if isinstance(reference, (str, os.PathLike)):
+        return os.fspath(reference)
+    return (f"{type(reference).__name__}: {len(reference)} images of {reference.resolution}px, "
+            f"{reference.num_classes} classes")
+
+
 @EXPERIMENTS.register("eval")
 class Evaluate(Experiment):
     """Score ``samples`` (uint8 NHWC ``arr_0``) against ``reference``: an ADM reference batch (images
@@ -124,7 +132,7 @@ class Evaluate(Experiment):
                 ctx.tracker.track(name, value, step=0, context=self.context)
             out = ctx.run_dir / METRICS_FILE
             tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps({"samples": os.fspath(self.samples), "reference": str(self.reference),
+            tmp.write_text(json.dumps({"samples": os.fspath(self.samples), "reference": describe_reference(self.reference),
                                        **self.context, **notes, **metrics}, indent=1))
             os.replace(tmp, out)
             for name, value in metrics.items():
