@@ -40,7 +40,7 @@ def _reset_peak_rss() -> bool:
 
 
 class _RssSampler:
-    """The largest ``VmRSS`` read every millisecond on a background thread: the peak where the kernel's mark cannot be reset."""
+    """The largest ``VmRSS`` read every millisecond on a background thread (where the peak mark cannot be reset)."""
 
     def __init__(self) -> None:
         self.peak_kib = _status_kib("VmRSS") or 0
@@ -87,7 +87,8 @@ class PeakMemory:
         elif _status_kib("VmRSS") is not None:
             self._start_kib = _status_kib("VmRSS")
             self._sampler = _RssSampler()
-            self.kind = f"cpu peak RSS growth (VmRSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; the peak mark cannot be reset here)"
+            self.kind = (f"cpu peak RSS growth (VmRSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; "
+                         "the peak mark cannot be reset here)")
         else:
             self._start_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self.kind = "cpu ru_maxrss growth (process-lifetime peak; later phases may read 0)"

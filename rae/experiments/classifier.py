@@ -49,8 +49,8 @@ class TrainClassifier(SmallTraining):
         if dataset.num_classes != classifier.num_classes:
             raise ValueError(f"classifier: the dataset has {dataset.num_classes} classes, the classifier "
                              f"{classifier.num_classes} (embedded_classifier.num_classes)")
-        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, optim or dataclasses.replace(CLASSIFIER_OPTIM), log_every,
-                         num_workers)
+        optim = optim or dataclasses.replace(CLASSIFIER_OPTIM)
+        super().__init__(ShapeSwaps(dataset, swap), batch_size, total_steps, optim, log_every, num_workers)
         self.classifier = classifier
         self.held_out = held_out
 

@@ -96,7 +96,8 @@ class PretrainEncoder(SmallTraining):
                  predictor_width: int = 64, predictor_depth: int = 1, predictor_heads: int = 4,
                  batch_size: int = 64, total_steps: int = 500, optim: OptimOptions | None = None,
                  log_every: int = 50, num_workers: int = 0, grid_size: int = 8) -> None:
-        super().__init__(dataset, batch_size, total_steps, optim or dataclasses.replace(MAE_OPTIM), log_every, num_workers)
+        optim = optim or dataclasses.replace(MAE_OPTIM)
+        super().__init__(dataset, batch_size, total_steps, optim, log_every, num_workers)
         if not isinstance(encoder, TinyViT):
             raise ValueError(f"pretrain_encoder.encoder must be @encoder.tiny_vit(), got {type(encoder).__name__}")
         if dataset.resolution != encoder.input_size:
