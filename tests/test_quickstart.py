@@ -16,7 +16,7 @@ from aim import Repo
 from rae.runner import main
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("encoder", "classifier", "stats", "stage1", "cache", "stage2", "sample", "eval")
+STAGES = ("encoder", "classifier", "stats", "stage1", "cache", "stage2", "sample", "eval", "trace")
 INCEPTION_KEYS = {"fid", "sfid", "inception_score", "precision", "recall"}
 # Every stage shorter, on fewer images (about four and a half minutes on 2 CPU cores): enough for stage 2 to
 # learn each class's colour family and some of its shape (measured: class accuracy 0.22, colour 0.77).
@@ -25,7 +25,8 @@ SHORT = ["embedded.size = 500", "pretrain_encoder.total_steps = 100", "classifie
          "stage1.grid_every = 600", "cache_latents.shard_size = 250", "stage2.total_steps = 1000",
          "backbone/optim.lr_schedule = 'constant'", "stage2.log_every = 250",
          "backbone/optim.checkpoint_every = 1000", "stage2.sample_every = 1000", "sample.num_samples = 100",
-         "sample.grid_size = 50", "sample.grid_rows = 5", "held_out/embedded.size = 200"]
+         "sample.grid_size = 50", "sample.grid_rows = 5", "held_out/embedded.size = 200",
+         "trace.num_images = 200"]
 
 
 def quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bindings: list[str]) -> tuple[Path, dict]:
@@ -57,8 +58,16 @@ def test_a_short_quickstart_runs_every_stage_and_its_samples_beat_chance(tmp_pat
     assert f"sample.grid: {run / 'sample' / 'grid.png'}" in out and f"aim up --repo {tmp_path}" in out
     assert "eval.class_accuracy: " in out and "eval.classifier_fd_floor: " in out
     names = {m.name for m in Repo(str(tmp_path)).query_metrics("").iter()}
-    assert {"encoder/loss", "classifier/loss", "stage1/loss/l1", "stage2/loss", "eval/class_accuracy"} <= names
+    assert {"encoder/loss", "classifier/loss", "stage1/loss/l1", "stage2/loss", "eval/class_accuracy",
+            "trace/class_accuracy"} <= names
     assert not {f"eval/{key}" for key in INCEPTION_KEYS} & names
+    # the trace: the judge on the same held-out images along the loop, each link in the summary
+    trace = json.loads((run / "trace" / "metrics.json").read_text())
+    assert list(trace) == ["real", "reconstruction", "latent_noise_0.1", "latent_noise_0.3", "from_t_0.25",
+                           "from_t_0.5", "from_t_0.75"]
+    assert trace["real"] == pytest.approx(metrics["real_class_accuracy"], abs=0.01), (trace, metrics)  # same images
+    assert all(0 <= value <= 1 for value in trace.values()), trace
+    assert "trace.class_accuracy_after_reconstruction: " in out
 
 
 @pytest.mark.full

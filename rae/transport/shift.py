@@ -19,6 +19,13 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
+def unshift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The inverse of `shift_time`: the unshifted time that ``shift`` maps onto ``t``."""
+    if shift <= 0:
+        raise ValueError(f"time shift must be positive, got {shift}")
+    return t / (shift - (shift - 1) * t)
+
+
 def dimension_shift(latent_dim: int, base_dim: int = BASE_DIM) -> float:
     """s = sqrt(latent_dim / base_dim); sqrt(768*16*16 / 4096) = sqrt(48) for RAE at 256 px."""
     if latent_dim <= 0 or base_dim <= 0:
