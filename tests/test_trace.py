@@ -81,3 +81,7 @@ def test_bad_trace_options_name_the_binding():
         make_trace(latent_noise=(-0.1,))
     with pytest.raises(ValueError, match="held_out has 40 images"):
         make_trace(num_images=41)
+    captioned = make_trace().sample
+    captioned.captions = object()  # what a text-to-image sample stage holds
+    with pytest.raises(ValueError, match="sample.captions"):
+        Trace(captioned, EmbeddedClassifier(), EmbeddedDataset(size=4))

@@ -60,6 +60,9 @@ class Trace(Experiment):
             raise ValueError(f"trace.latent_noise {tuple(latent_noise)}: expected sigmas >= 0")
         if any(not 0 < t <= 1 for t in starts):
             raise ValueError(f"trace.starts {tuple(starts)}: expected times in (0, 1] (1 is plain sampling)")
+        if sample.captions is not None:
+            raise ValueError("trace.sample samples from captions; the trace finishes images of a class-conditional "
+                             "backbone from their labels (leave sample.captions unset)")
         if len(held_out) < num_images:
             raise ValueError(f"trace.held_out has {len(held_out)} images; trace.num_images asks for {num_images}")
         self.sample, self.classifier, self.held_out = sample, classifier, held_out
