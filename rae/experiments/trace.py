@@ -14,6 +14,7 @@ The shares are logged to the tracker with the link as context and written to ``m
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Iterator, Sequence
@@ -98,7 +99,7 @@ class Trace(Experiment):
         """{link: class accuracy} for every link, in the loop's order; the images are quantised to uint8 first,
         as samples are stored and eval judges them."""
         classifier = self.classifier.to(device).eval()
-        labels = self._held_out()[1]
+        labels = self._held_out[1]
 
         def stored(batch: torch.Tensor) -> torch.Tensor:
             return to_uint8(batch.cpu(), self.sample.quantize).permute(0, 2, 3, 1)
@@ -108,7 +109,7 @@ class Trace(Experiment):
 
     def links(self, device: torch.device, seed: int) -> Iterator[tuple[str, list[torch.Tensor]]]:
         """(link, batches of images in [0, 1]) for every link, in the loop's order; drawn from ``seed``."""
-        images, labels = self._held_out()
+        images, labels = self._held_out
         autoencoder = self.sample.autoencoder.to(device).eval()
         generator = sample_generator(seed, 0)
 
@@ -124,7 +125,9 @@ class Trace(Experiment):
         for t in self.starts:
             yield f"from_t_{t:g}", decoded(self._finish(latents, labels, t, generator, device))
 
+    @functools.cached_property
     def _held_out(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The first ``num_images`` held-out images in batches, and their labels (rendered once)."""
         items = [self.held_out[i] for i in range(self.num_images)]
         images = torch.stack([image for image, _ in items])
         labels = torch.tensor([int(label) for _, label in items])
