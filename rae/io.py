@@ -6,6 +6,7 @@ its final name (rename is atomic on POSIX); the folder is fsynced so the rename 
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -18,6 +19,11 @@ import torch
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically (temporary file, fsync, rename, fsync folder)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON to ``path`` atomically (metrics, manifests: never half-written)."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import resource
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -74,23 +75,24 @@ class PeakMemory:
         self.peak_mib = 0.0
         self.kind = ""
         self._start_kib = 0
-        self._sampler: _RssSampler | None = None
+        self._read_peak_kib: Callable[[], int] = _lifetime_peak_kib
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "cuda max_memory_allocated"
-        elif _reset_peak_rss():
-            self._start_kib = _status_kib("VmRSS")
+            return self
+        resident = _status_kib("VmRSS")
+        if _reset_peak_rss():
+            self._start_kib, self._read_peak_kib = _status_kib("VmRSS"), lambda: _status_kib("VmHWM")
             self.kind = "cpu peak RSS growth (VmHWM - VmRSS at start)"
-        elif _status_kib("VmRSS") is not None:
-            self._start_kib = _status_kib("VmRSS")
-            self._sampler = _RssSampler()
+        elif resident is not None:
+            self._start_kib, self._read_peak_kib = resident, _RssSampler().stop
             self.kind = (f"cpu peak RSS growth (VmRSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; "
                          "the peak mark cannot be reset here)")
         else:
-            self._start_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self._start_kib = _lifetime_peak_kib()
             self.kind = "cpu ru_maxrss growth (process-lifetime peak; later phases may read 0)"
         return self
 
@@ -99,11 +101,9 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
             return
-        if self._sampler is not None:
-            peak = self._sampler.stop()
-            self._sampler = None
-        elif self.kind.startswith("cpu peak"):
-            peak = _status_kib("VmHWM")
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self.peak_mib = max(0, peak - self._start_kib) / 1024
+        self.peak_mib = max(0, self._read_peak_kib() - self._start_kib) / 1024
+
+
+def _lifetime_peak_kib() -> int:
+    """The process's peak resident set since it started, in KiB (Linux's ``ru_maxrss`` unit)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -36,7 +36,7 @@ from rae.data.latent_cache import autoencoder_identity, fingerprint
 from rae.encoders.clip_text import CLIPTextEncoder
 from rae.experiments.base import Experiment, RunContext
 from rae.registry import EXPERIMENTS
-from rae.io import atomic_write
+from rae.io import atomic_write, atomic_write_json
 
 MANIFEST_FILE = "preprocess_t2i.json"
 
@@ -199,7 +199,7 @@ class PreprocessT2I(Experiment):
                 raise ValueError(f"preprocess_t2i: {self.path} was written with other settings ({', '.join(differ)} "
                                  f"differ; see {manifest}); use those, or another path")
         else:
-            atomic_write(manifest, lambda f: f.write(json.dumps(identity, indent=1).encode()))
+            atomic_write_json(manifest, identity)
         for stale in folder.glob(".*.tmp-*"):
             stale.unlink(missing_ok=True)
         text = json.dumps({"captions": captions}).encode()

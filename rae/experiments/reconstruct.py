@@ -12,7 +12,6 @@ and saves and logs a grid of originals above their reconstructions.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from rae.experiments.image_store import ImageStore, check_quantize, chw_tensor, 
 from rae.metrics.pixel import psnr, ssim
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
-from rae.io import atomic_write
+from rae.io import atomic_write_json
 
 RECONSTRUCTIONS_DIR = "reconstructions"
 REFERENCES_DIR = "references"
@@ -153,7 +152,7 @@ class Reconstruct(AutoencoderExperiment):
         if self.grid_size:
             paths["grid"] = str(self._grid(ctx, reconstructions, references, min(self.grid_size, count)))
         record = {**metrics, "images": count, "split": self.split, **paths}
-        atomic_write(ctx.run_dir / METRICS_FILE, lambda f: f.write(json.dumps(record, indent=1).encode()))
+        atomic_write_json(ctx.run_dir / METRICS_FILE, record)
         return {**metrics, "images": count, "metrics": str(ctx.run_dir / METRICS_FILE), **paths}
 
     def _score(self, ctx: RunContext, reconstructions: ImageStore, references: ImageStore,

@@ -29,7 +29,7 @@ from rae.hub import resolve
 from rae.progress import Progress
 from rae.registry import EXPERIMENTS
 from rae.repa.checkpoint import load_repa_checkpoint
-from rae.sampling.base import Sampler
+from rae.sampling.base import Sampler, VelocityFn
 from rae.sampling.guidance import Guidance
 from rae.transport.transport import Transport
 from rae.weights import load_pretrained_weights, missing_weights
@@ -174,16 +174,9 @@ class Sample(Experiment):
         ctx.log.info("sample: rank %d makes %d of its %d images (%d already done in all)", acc.rank, len(mine),
                      len(range(acc.rank, self.num_samples, acc.world_size)), len(done))
 
-        model = self.backbone.to(acc.device).eval()
         autoencoder = self.autoencoder.to(acc.device).eval()
-        if isinstance(self.guidance, nn.Module):
-            self.guidance.to(acc.device).eval()
         conditions = self.conditions(ctx.seed)
-        null = conditions.null_condition()
-        velocity = self.guidance.velocity_fn(
-            model, to_velocity=self.transport.velocity,
-            num_classes=self.backbone.num_classes if conditions.kind == LABEL else None,
-            null_condition=None if null is None else null.to(acc.device))
+        velocity = self.velocity(conditions, acc.device)
         shape = tuple(self.backbone.latent_shape)
         made = 0
         batches = [mine[k:k + self.batch_size] for k in range(0, len(mine), self.batch_size)]
@@ -205,6 +198,17 @@ class Sample(Experiment):
         progress.close()
         acc.barrier()
         return self._finish(ctx, store, made, conditions)
+
+    def velocity(self, conditions: ConditionSource, device: torch.device) -> VelocityFn:
+        """The guided velocity the sampler integrates: backbone and guide moved to ``device`` in eval mode."""
+        model = self.backbone.to(device).eval()
+        if isinstance(self.guidance, nn.Module):
+            self.guidance.to(device).eval()
+        null = conditions.null_condition()
+        return self.guidance.velocity_fn(
+            model, to_velocity=self.transport.velocity,
+            num_classes=self.backbone.num_classes if conditions.kind == LABEL else None,
+            null_condition=None if null is None else null.to(device))
 
     def conditions(self, seed: int) -> ConditionSource:
         """Where the samples' conditions come from: the caption data's captions, or class labels."""

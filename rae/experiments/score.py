@@ -9,7 +9,6 @@ is missing and where it belongs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from rae.data.base import LabelledImages
 from rae.experiments.base import Experiment, RunContext
 from rae.experiments.image_store import to_uint8
 from rae.hub import resolve
+from rae.io import atomic_write_json
 from rae.metrics.evaluate import (
     Reference,
     features_of_npz,
@@ -130,11 +130,9 @@ class Evaluate(Experiment):
                 metrics |= self._classifier_metrics(acc.device)
             for name, value in metrics.items():
                 ctx.tracker.track(name, value, step=0, context=self.context)
-            out = ctx.run_dir / METRICS_FILE
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps({"samples": os.fspath(self.samples), "reference": describe_reference(self.reference),
-                                       **self.context, **notes, **metrics}, indent=1))
-            os.replace(tmp, out)
+            atomic_write_json(ctx.run_dir / METRICS_FILE, {
+                "samples": os.fspath(self.samples), "reference": describe_reference(self.reference),
+                **self.context, **notes, **metrics})
             for name, value in metrics.items():
                 ctx.log.info("eval: %s = %.4f", name, value)
         acc.barrier()

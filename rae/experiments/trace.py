@@ -15,8 +15,6 @@ The shares are logged to the tracker with the link as context and written to ``m
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -27,9 +25,10 @@ from rae.data.base import LabelledImages
 from rae.experiments.base import Experiment, RunContext
 from rae.experiments.image_store import to_uint8
 from rae.experiments.sample import Sample
+from rae.io import atomic_write_json
 from rae.metrics.classifier import EmbeddedClassifier, class_scores, judge
 from rae.registry import EXPERIMENTS
-from rae.sampling.base import Problem
+from rae.sampling.base import Problem, VelocityFn
 from rae.sampling.time_grid import resolve_shift, time_grid
 from rae.transport.shift import unshift_time
 from rae.weights import load_pretrained_weights
@@ -88,10 +87,7 @@ class Trace(Experiment):
             for name, value in metrics.items():
                 ctx.tracker.track("class_accuracy", value, step=0, context={"link": name})
                 ctx.log.info("trace: class accuracy after %s = %.3f", name, value)
-            out = ctx.run_dir / METRICS_FILE
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(metrics, indent=1))
-            os.replace(tmp, out)
+            atomic_write_json(ctx.run_dir / METRICS_FILE, metrics)
         ctx.accelerator.barrier()
         return {f"class_accuracy_after_{name}": value for name, value in metrics.items()}
 
@@ -122,8 +118,9 @@ class Trace(Experiment):
         for sigma in self.latent_noise:
             yield f"latent_noise_{sigma:g}", decoded([z + sigma * torch.randn(z.shape, generator=generator).to(z)
                                                       for z in latents])
+        velocity = self.sample.velocity(self.sample.conditions(seed), device)
         for t in self.starts:
-            yield f"from_t_{t:g}", decoded(self._finish(latents, labels, t, generator, device))
+            yield f"from_t_{t:g}", decoded(self._finish(latents, labels, t, velocity, generator, device))
 
     @functools.cached_property
     def _held_out(self) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -133,15 +130,10 @@ class Trace(Experiment):
         labels = torch.tensor([int(label) for _, label in items])
         return list(images.split(self.batch_size)), labels
 
-    def _finish(self, latents: list[torch.Tensor], labels: torch.Tensor, t: float, generator: torch.Generator,
-                device: torch.device) -> list[torch.Tensor]:
-        """The latents noised to time ``t``, then the sample stage's sampler from ``t`` to data."""
+    def _finish(self, latents: list[torch.Tensor], labels: torch.Tensor, t: float, velocity: VelocityFn,
+                generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+        """The latents noised to time ``t``, then the sample stage's sampler (on ``velocity``) from ``t`` to data."""
         sample, path = self.sample, self.sample.transport.path
-        model = sample.backbone.to(device).eval()
-        if isinstance(sample.guidance, nn.Module):
-            sample.guidance.to(device).eval()
-        velocity = sample.guidance.velocity_fn(model, to_velocity=sample.transport.velocity,
-                                               num_classes=model.num_classes)
         shape = tuple(latents[0].shape[1:])
         shift = resolve_shift(sample.sampler.shift, shape)
         start = float(unshift_time(torch.tensor(t, dtype=torch.float64), shift))
