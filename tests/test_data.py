@@ -148,6 +148,34 @@ def test_embedded_classes_are_distinct_yet_varied():
     assert len(SHAPES) == 10
 
 
+def shape_centroid(images: torch.Tensor) -> torch.Tensor:
+    """(B, 2) x, y pixel centroid of the pixels far from the top-left pixel's colour (the background's)."""
+    weight = ((images - images[:, :, :1, :1]).abs().amax(dim=1) > 0.2).float()
+    axis = torch.arange(images.shape[-1], dtype=torch.float32)
+    total = weight.sum(dim=(1, 2))
+    return torch.stack([(weight * axis).sum(dim=(1, 2)) / total, (weight * axis[:, None]).sum(dim=(1, 2)) / total], 1)
+
+
+def test_embedded_difficulty_knobs():
+    """shape_offset 0 centres every shape, clutter 0 leaves a flat background; the defaults spread and clutter."""
+    disks = range(0, 400, 10)  # class 0: symmetric about its centre
+    easy = EmbeddedDataset(size=400, resolution=32, shape_scale=(0.5, 0.5), shape_offset=0.0, shape_rotation=0.0,
+                           clutter=0.0).images(disks)
+    busy = EmbeddedDataset(size=400, resolution=32).images(disks)
+    centre = torch.tensor([15.5, 15.5])
+    assert (shape_centroid(easy) - centre).abs().max() < 1.0
+    assert (shape_centroid(busy) - centre).abs().max() > 3.0
+    corner = (slice(None), slice(None), slice(0, 4), slice(0, 4))  # outside any shape of radius 8 px at the centre
+    assert easy[corner].flatten(2).std(dim=2).max() < 1e-4  # the shape's soft edge reaches it faintly
+    assert busy[corner].flatten(2).std(dim=2).mean() > 0.01
+    assert torch.equal(EmbeddedDataset(size=400, resolution=32, shape_scale=(0.3, 0.55)).images(disks), busy)
+    for bad, field in [(dict(shape_scale=(0.6, 0.5)), "shape_scale"), (dict(shape_scale=(0.0, 0.5)), "shape_scale"),
+                       (dict(shape_offset=-0.1), "shape_offset"), (dict(clutter=-1.0), "clutter"),
+                       (dict(shape_rotation=-1.0), "shape_rotation")]:
+        with pytest.raises(ValueError, match=field):
+            EmbeddedDataset(size=4, **bad)
+
+
 def test_embedded_is_fast():
     """The DataLoader fetches a batch through ``__getitems__``: one vectorised render."""
     data = EmbeddedDataset(size=256, resolution=32)

@@ -142,6 +142,21 @@ def test_the_quickstart_stage1_reads_no_stats_nor_decoder_of_its_own(tmp_path):
     assert stage1.autoencoder.stats_path is None and stage1.autoencoder.decoder_path is None
 
 
+def test_the_quickstart_trains_and_judges_on_one_setting_of_the_embedded_set(tmp_path):
+    """The judge and the held-out images are drawn like the training images (experiments/quickstart.gin, "data")."""
+    parse_gin([str(ROOT / "experiments" / "quickstart.gin")], [f"run.run_root = '{tmp_path}'"])
+    set_run_root(tmp_path)
+    try:
+        with torch.device("meta"):
+            stages = build_spec("quickstart.gin").experiment.stages
+    finally:
+        set_run_root(None)
+    datasets = [stages["encoder"].dataset, stages["classifier"].dataset.data, stages["classifier"].held_out,
+                stages["stage1"].dataset, stages["eval"].reference, stages["eval"].held_out, stages["trace"].held_out]
+    settings = {(d.shape_scale, d.shape_offset, d.shape_rotation, d.clutter) for d in datasets}
+    assert settings == {((0.5, 0.75), 0.2, 0.5, 1.0)}, settings
+
+
 def test_sampling_with_a_random_decoder_is_a_warning(tmp_path, caplog):
     from test_sample_experiment import CONFIG
 

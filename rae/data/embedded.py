@@ -95,15 +95,36 @@ class EmbeddedDataset(torch.utils.data.Dataset):
 
     ``in_memory``: render all images once, on first use, and serve them from memory (a small set
     that training reads for many epochs, as the quickstart's; 2,000 images of 32 px take 25 MB).
+
+    How hard the images are: ``shape_scale`` (low, high) bounds the shape's radius as a fraction of
+    the image's half-width, ``shape_offset`` its centre's distance from the middle along each axis
+    (same unit), ``shape_rotation`` its angle (drawn from [0, shape_rotation) radians), and
+    ``clutter`` scales the background's gradient, stripes and pixel noise (0: a plain tinted
+    background). The defaults draw small shapes anywhere, at any angle, on a busy background.
     """
 
     def __init__(self, size: int = 10_000, resolution: int = 32, num_classes: int = 10, seed: int = 0,
-                 in_memory: bool = False) -> None:
+                 in_memory: bool = False, shape_scale: tuple[float, float] = (0.3, 0.55),
+                 shape_offset: float = 0.35, shape_rotation: float = 2 * math.pi, clutter: float = 1.0) -> None:
         if size <= 0 or resolution <= 0 or num_classes <= 0:
             raise ValueError(f"embedded: size, resolution and num_classes must be positive, got "
                              f"size={size}, resolution={resolution}, num_classes={num_classes}")
+        low, high = shape_scale
+        if not 0 < low <= high:
+            raise ValueError(f"embedded.shape_scale: expected (low, high) with 0 < low <= high, got {shape_scale}")
+        if shape_offset < 0 or shape_rotation < 0 or clutter < 0:
+            raise ValueError(f"embedded: shape_offset, shape_rotation and clutter must be >= 0, got shape_offset="
+                             f"{shape_offset}, shape_rotation={shape_rotation}, clutter={clutter}")
         self.size, self.resolution, self.num_classes, self.seed = size, resolution, num_classes, seed
         self.in_memory = in_memory
+        self.shape_scale, self.shape_offset, self.shape_rotation = (low, high), shape_offset, shape_rotation
+        self.clutter = clutter
+        ranges = dict(_DRAWS, scale=(low, high), cx=(-shape_offset, shape_offset), cy=(-shape_offset, shape_offset),
+                      angle=(0.0, shape_rotation))
+        for name in _CLUTTER:
+            ranges[name] = tuple(clutter * bound for bound in _DRAWS[name])
+        self._low = torch.tensor([lo for lo, _ in ranges.values()])
+        self._span = torch.tensor([hi - lo for lo, hi in ranges.values()])
         self._rendered: Tensor | None = None
 
     def __len__(self) -> int:
@@ -144,7 +165,8 @@ class EmbeddedDataset(torch.utils.data.Dataset):
                         generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
             for rng in draws
         ])
-        return _render(labels, u, noise, self.resolution, None if shapes is None else torch.as_tensor(shapes))
+        looks = dict(zip(_DRAWS, (self._low + self._span * u).T.reshape(len(_DRAWS), -1, 1, 1)))
+        return _render(labels, looks, noise, self.resolution, None if shapes is None else torch.as_tensor(shapes))
 
 
 # Every image's look is 18 uniform draws, each mapped to its range here.
@@ -156,14 +178,13 @@ _DRAWS = {
     "cx": (-0.35, 0.35), "cy": (-0.35, 0.35), "scale": (0.3, 0.55), "angle": (0.0, 2 * math.pi),
     "hue": (-0.025, 0.025), "sat": (0.65, 1.0), "val": (0.7, 1.0), "light_dir": (0.0, 2 * math.pi),
 }
-_LOW = torch.tensor([low for low, _ in _DRAWS.values()])
-_SPAN = torch.tensor([high - low for low, high in _DRAWS.values()])
+_CLUTTER = ("gradient", "stripe", "noise")  # the background's detail, scaled by `clutter`
 
 
-def _render(labels: Tensor, u: Tensor, noise: Tensor, resolution: int, shapes: Tensor | None = None) -> Tensor:
-    """Labels (B,), uniform draws (B, 18) and pixel noise (B, 3, R, R) -> images (B, 3, R, R);
-    ``shapes`` (B,) replaces the labels' shapes (colours still follow the labels)."""
-    d = dict(zip(_DRAWS, (_LOW + _SPAN * u).T.reshape(len(_DRAWS), -1, 1, 1)))  # each (B, 1, 1)
+def _render(labels: Tensor, d: dict[str, Tensor], noise: Tensor, resolution: int,
+            shapes: Tensor | None = None) -> Tensor:
+    """Labels (B,), the draws of `_DRAWS` in their ranges (each (B, 1, 1)) and pixel noise (B, 3, R, R)
+    -> images (B, 3, R, R); ``shapes`` (B,) replaces the labels' shapes (colours still follow the labels)."""
     axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 - 1
     x, y = axis.view(1, 1, -1), axis.view(1, -1, 1)
 
