@@ -170,6 +170,7 @@ def test_embedded_difficulty_knobs():
     assert busy[corner].flatten(2).std(dim=2).mean() > 0.01
     assert torch.equal(EmbeddedDataset(size=400, resolution=32, shape_scale=(0.3, 0.55)).images(disks), busy)
     for bad, field in [(dict(shape_scale=(0.6, 0.5)), "shape_scale"), (dict(shape_scale=(0.0, 0.5)), "shape_scale"),
+                       (dict(shape_scale=0.5), "shape_scale"),
                        (dict(shape_offset=-0.1), "shape_offset"), (dict(clutter=-1.0), "clutter"),
                        (dict(shape_rotation=-1.0), "shape_rotation")]:
         with pytest.raises(ValueError, match=field):

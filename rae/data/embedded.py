@@ -109,9 +109,10 @@ class EmbeddedDataset(torch.utils.data.Dataset):
         if size <= 0 or resolution <= 0 or num_classes <= 0:
             raise ValueError(f"embedded: size, resolution and num_classes must be positive, got "
                              f"size={size}, resolution={resolution}, num_classes={num_classes}")
-        low, high = shape_scale
-        if not 0 < low <= high:
+        pair = isinstance(shape_scale, (tuple, list)) and len(shape_scale) == 2
+        if not (pair and 0 < shape_scale[0] <= shape_scale[1]):
             raise ValueError(f"embedded.shape_scale: expected (low, high) with 0 < low <= high, got {shape_scale}")
+        low, high = shape_scale
         if shape_offset < 0 or shape_rotation < 0 or clutter < 0:
             raise ValueError(f"embedded: shape_offset, shape_rotation and clutter must be >= 0, got shape_offset="
                              f"{shape_offset}, shape_rotation={shape_rotation}, clutter={clutter}")
