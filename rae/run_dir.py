@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rae.io import atomic_write
+
 CONFIG_FILE = "config.gin"
 DONE_FILE = "DONE"
 TRACKER_FILE = "tracker_run_hash"
@@ -74,11 +76,7 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a small text file atomically (temporary file, then rename)."""
-        target = self.path / name
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
-        return target
+        return atomic_write(self.path / name, lambda f: f.write(text.encode()))
 
     def tracker_hash(self) -> str | None:
         """The tracker run this folder logged to before, so a resumed run continues it."""

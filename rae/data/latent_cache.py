@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from rae.registry import DATASETS
-from rae.io import UnreadableFile, atomic_save, load
+from rae.io import UnreadableFile, atomic_save, atomic_write_json, load
 
 INDEX_FILE = "index.json"
 FORMAT = 1
@@ -172,13 +171,7 @@ def read_index(folder: str | Path) -> CacheIndex:
 
 def write_index(folder: Path, index: CacheIndex) -> None:
     """Write ``index.json`` atomically (temporary file, fsync, rename)."""
-    target = folder / INDEX_FILE
-    tmp = folder / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(asdict(index), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    atomic_write_json(folder / INDEX_FILE, asdict(index))
 
 
 def finished_shards(folder: Path, num_shards: int) -> list[int]:

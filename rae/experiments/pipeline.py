@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import replace
@@ -18,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from rae.experiments.base import Experiment, RunContext, seed_everything
+from rae.io import atomic_write_json
 from rae.progress import format_duration, pipeline_stage
 from rae.registry import EXPERIMENTS
 from rae.tracking.prefixed import PrefixedTracker
@@ -105,9 +105,7 @@ class Pipeline(Experiment):
         result = {key: _plain(value) for key, value in (result or {}).items()}
         marker = folder / STAGE_DONE
         if ctx.accelerator.is_main:
-            tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            os.replace(tmp, marker)
+            atomic_write_json(marker, result)
         ctx.accelerator.barrier()
         ctx.log.info("pipeline: %s done in %s", label, format_duration(time.monotonic() - start))
         return result
